@@ -1,0 +1,8 @@
+"""gapless: Transformer NMT that trains the way it decodes."""
+
+from .config import Config
+from .config import load as load_config
+from .evaluate import Translator, load
+
+__all__ = ["Config", "Translator", "load", "load_config"]
+__version__ = "0.1.0"

@@ -1,0 +1,186 @@
+"""The run directory, and checkpoints in it: safetensors + JSON, written atomically.
+
+Layout of ``runs/NAME``::
+
+    config.yaml            resolved config of the run
+    spm.model, spm.vocab   joint SentencePiece model
+    data/                  encoded splits (safetensors) + prepare.json (filter report)
+    checkpoints/step_N/    model.safetensors, optim.safetensors, state.json
+    checkpoints/last.json  pointer to the newest complete checkpoint (replaced atomically)
+    checkpoints/best.json  pointer to the checkpoint with the best validation BLEU
+    log.jsonl              one JSON object per log interval / validation
+    eval/                  hypotheses and scores
+
+A checkpoint directory is written under a temporary name and renamed when complete; the
+pointer files are replaced with ``os.replace``. A kill at any moment leaves the previous
+checkpoint intact. Weights are never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """Paths of one run; the only place that knows the layout."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    spm_prefix = property(lambda self: self.path / "spm")
+    spm_model = property(lambda self: self.path / "spm.model")
+    data = property(lambda self: self.path / "data")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    log = property(lambda self: self.path / "log.jsonl")
+    eval = property(lambda self: self.path / "eval")
+
+    def mkdirs(self) -> None:
+        for p in (self.path, self.data, self.checkpoints, self.eval):
+            p.mkdir(parents=True, exist_ok=True)
+
+    def append_log(self, record: dict) -> None:
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_log(self) -> list[dict]:
+        if not self.log.is_file():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def truncate_log(self, update: int) -> None:
+        """Drop records written after ``update`` (a killed run resumes from its checkpoint)."""
+        if self.log.is_file():
+            keep = [r for r in self.read_log() if r.get("update", 0) <= update]
+            atomic_write_text(self.log, "".join(json.dumps(r) + "\n" for r in keep))
+
+    # ------------------------------------------------------------------ checkpoints
+    def pointer(self, tag: str) -> Path | None:
+        """Directory of the checkpoint named by ``tag`` (last / best / average), or None."""
+        ptr = self.checkpoints / f"{tag}.json"
+        if not ptr.is_file():
+            return None
+        path = self.checkpoints / json.loads(ptr.read_text())["dir"]
+        return path if (path / "model.safetensors").is_file() else None
+
+    def save(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        state: dict,
+        tags: tuple[str, ...] = ("last",),
+        keep_last: int = 2,
+    ) -> Path:
+        """Write checkpoint ``step_<update>`` atomically and point ``tags`` at it."""
+        name = f"step_{state['update']:08d}"
+        final = self.checkpoints / name
+        tmp = self.checkpoints / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / "model.safetensors"))
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer)
+            tensors.update(_rng_tensors())
+            save_file(tensors, str(tmp / "optim.safetensors"))
+            state = {**state, "optimizer": meta, "python_random": _py_random_state()}
+        (tmp / "state.json").write_text(json.dumps(state))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for tag in tags:
+            atomic_write_text(self.checkpoints / f"{tag}.json", json.dumps({"dir": name}))
+        self._prune(keep_last)
+        return final
+
+    def _prune(self, keep_last: int) -> None:
+        steps = sorted(p for p in self.checkpoints.glob("step_*") if p.is_dir())
+        pinned = {self.pointer(t) for t in ("last", "best", "average")}
+        for old in steps[:-keep_last] if keep_last > 0 else []:
+            if old not in pinned:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load_weights(self, model: torch.nn.Module, tag_or_dir: str | Path = "best") -> Path:
+        path = Path(tag_or_dir)
+        if not (path / "model.safetensors").is_file():
+            path = self.pointer(str(tag_or_dir)) or self.pointer("last")
+        if path is None:
+            raise FileNotFoundError(f"{self.checkpoints}: no checkpoint '{tag_or_dir}'")
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
+            )
+        return path
+
+    def load_training_state(self, model, optimizer) -> dict | None:
+        """Restore weights, optimizer and RNG from ``last``; returns the saved state or None."""
+        path = self.pointer("last")
+        if path is None:
+            return None
+        self.load_weights(model, path)
+        state = json.loads((path / "state.json").read_text())
+        tensors = load_file(str(path / "optim.safetensors"))
+        _restore_optimizer(optimizer, tensors, state.pop("optimizer"))
+        _restore_rng(tensors, state.pop("python_random"))
+        return state
+
+
+def _flatten_optimizer(optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, pstate in sd["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _rng_tensors() -> dict:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["rng.cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _py_random_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _restore_rng(tensors: dict, py_state: list) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    random.setstate((py_state[0], tuple(py_state[1]), py_state[2]))

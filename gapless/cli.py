@@ -1,0 +1,156 @@
+"""Command line: one subcommand = one library function; no logic here.
+
+    gapless prepare   CONFIG [--run-dir DIR] [--section.key VALUE ...]
+    gapless train     CONFIG [--run-dir DIR] [--init-from RUN] [--section.key VALUE ...]
+    gapless translate RUN [--beam K] [--input FILE] [--output FILE]   (stdin -> stdout by default)
+    gapless evaluate  RUN [--split test2016 ...] [--beam K]
+    gapless quickstart [--minutes M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import config as config_mod
+from .config import ConfigError
+from .data import CorpusError
+
+
+def _config(args, overrides) -> tuple[config_mod.Config, Path]:
+    cfg = config_mod.load(args.config, overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+    return cfg, run_dir
+
+
+def cmd_prepare(args, overrides) -> int:
+    from .prepare import prepare
+
+    cfg, run_dir = _config(args, overrides)
+    prep = prepare(cfg, run_dir, force=args.force)
+    print(json.dumps({"run_dir": str(run_dir), "vocab_size": len(prep.vocab),
+                      "train": prep.report["train_summary"],
+                      "valid_pairs": prep.report["valid_pairs"]}, indent=1))
+    return 0
+
+
+def cmd_train(args, overrides) -> int:
+    from .train import train
+
+    cfg, run_dir = _config(args, overrides)
+    state = train(cfg, run_dir, init_from=args.init_from)
+    print(json.dumps({"run_dir": str(run_dir), "updates": state.update,
+                      "stopped": state.stopped, "best_valid_bleu": state.best_bleu,
+                      "minutes": round(state.elapsed_s / 60, 2)}))
+    return 0
+
+
+def _decode_kwargs(args) -> dict:
+    kw = {k: getattr(args, k) for k in ("beam", "len_penalty", "max_len_a", "max_len_b",
+                                        "min_len", "batch_size") if getattr(args, k) is not None}
+    if getattr(args, "sample", False):
+        kw["sampling"] = {"temperature": args.temperature, "top_k": args.top_k,
+                          "top_p": args.top_p}
+    return kw
+
+
+def cmd_translate(args, overrides) -> int:
+    from .evaluate import load
+
+    translator = load(args.run, args.checkpoint, args.device, args.dtype)
+    src = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for hyp in translator.translate_stream(src, **_decode_kwargs(args)):
+            out.write(hyp + "\n")
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+def cmd_evaluate(args, overrides) -> int:
+    from .evaluate import evaluate
+
+    cfg = config_mod.load(Path(args.run) / "config.yaml")
+    for split in args.split or cfg.data.test_splits:
+        result = evaluate(args.run, split, args.checkpoint, args.device, args.dtype,
+                          **_decode_kwargs(args))
+        print(f"{split}: BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  "
+              f"({result['sentences']} sentences, {result['sentences_per_second']} sent/s)")
+        print(f"  {result['bleu_signature']}")
+        print(f"  {result['chrf_signature']}")
+    return 0
+
+
+def cmd_quickstart(args, overrides) -> int:
+    from .quickstart import quickstart
+
+    quickstart(minutes=args.minutes, run_dir=args.run_dir, overrides=overrides)
+    return 0
+
+
+def _add_decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="best", help="best | last | average | a directory")
+    p.add_argument("--beam", type=int)
+    p.add_argument("--len-penalty", type=float)
+    p.add_argument("--max-len-a", type=float)
+    p.add_argument("--max-len-b", type=int)
+    p.add_argument("--min-len", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--sample", action="store_true", help="ancestral sampling instead of search")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gapless", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, help_ in (("prepare", cmd_prepare, "SentencePiece + checked corpus"),
+                            ("train", cmd_train, "train or resume a run")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("config")
+        p.add_argument("--run-dir")
+        if name == "train":
+            p.add_argument("--init-from", help="start from this run's best weights (fine-tune)")
+        else:
+            p.add_argument("--force", action="store_true", help="prepare again")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("translate", help="translate stdin or a file")
+    p.add_argument("run")
+    p.add_argument("--input")
+    p.add_argument("--output")
+    _add_decode_args(p)
+    p.set_defaults(fn=cmd_translate)
+    p = sub.add_parser("evaluate", help="sacreBLEU + chrF on corpus splits")
+    p.add_argument("run")
+    p.add_argument("--split", action="append")
+    _add_decode_args(p)
+    p.set_defaults(fn=cmd_evaluate)
+    p = sub.add_parser("quickstart", help="train a small model, evaluate, translate")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--run-dir")
+    p.set_defaults(fn=cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if rest and args.command not in ("prepare", "train", "quickstart"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.fn(args, rest)
+    except (ConfigError, CorpusError, FileNotFoundError) as exc:
+        print(f"gapless: error: {exc}", file=sys.stderr)
+        return 2

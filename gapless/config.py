@@ -1,0 +1,310 @@
+"""Typed configuration: dataclasses are the schema, YAML files and dotted overrides only override.
+
+A config file holds only what differs from the defaults below. Unknown keys are rejected, all of
+them listed at once, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class ModelConfig:
+    """The Transformer and its switches (methods.md section 1)."""
+
+    d_model: int = 512
+    n_heads: int = 8
+    head_dim: int | None = None  # None: d_model // n_heads (the paper's per-head reduction)
+    ffn_dim: int = 2048
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    act_dropout: float = 0.0
+    activation: str = "relu"  # relu | gelu
+    score: str = "sqrt"  # sqrt | none | qk_norm
+    norm: str = "layer"  # layer | rms | batch
+    norm_position: str = "post"  # post (paper) | pre
+    projections: str = "separate"  # separate | shared_qk | none
+    tie_encoder_decoder: bool = True  # encoder and decoder share one embedding table
+    tie_output: bool = True  # decoder table is the output projection
+    embed_scale: str = "sqrt"  # sqrt (x sqrt(d_model)) | none
+    positions: str = "sinusoidal"  # sinusoidal | learned
+    max_positions: int = 1024
+    vocab_size: int = 0  # filled in from the SentencePiece model
+    pad_id: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel text comes from and how it becomes token ids."""
+
+    corpus: str = "multi30k"  # a named corpus (gapless.corpora) or a directory of <split>.<lang>
+    data_dir: str | None = None  # default: $GAPLESS_DATA, else ../shared/data when it exists
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    train_split: str = "train"
+    valid_split: str = "valid"
+    test_splits: list[str] = field(default_factory=lambda: ["test2016"])
+    vocab_size: int = 8000
+    spm_type: str = "bpe"  # bpe | unigram
+    character_coverage: float = 1.0
+    max_len: int = 256  # tokens per side; longer training pairs are dropped (and counted)
+    bad_pairs: str = "drop"  # drop (filter, report counts) | error (stop at the first, file:line)
+    download: bool = True  # fetch a named corpus into the cache when it is not found locally
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, batching, validation, checkpoints."""
+
+    seed: int = 1
+    max_tokens: int = 4096  # per micro-batch: max(src, tgt) incl. padding x sentences
+    accum: int = 1  # micro-batches per update (per rank)
+    lr: float = 5e-4
+    warmup: int = 4000
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0  # 0: no clipping
+    label_smoothing: float = 0.1
+    max_updates: int = 100_000
+    max_epochs: int = 1000
+    max_minutes: float = 0.0  # wall-clock budget for training (0: none)
+    log_every: int = 50
+    valid_every: int = 1000
+    valid_beam: int = 1
+    valid_max_sentences: int = 0  # 0: the whole validation split
+    patience: int = 0  # early stopping after N validations without a better BLEU (0: off)
+    save_every: int = 1000
+    keep_last: int = 2
+    average_last: int = 0  # write an average of the last N checkpoints at the end (0: off)
+    dtype: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    progress: bool = True
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings used by translate / evaluate."""
+
+    beam: int = 5
+    len_penalty: float = 1.0  # score / len**alpha
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    min_len: int = 1
+    batch_size: int = 64  # sentences per batch
+    nbest: int = 1
+
+
+@dataclass
+class StrategyConfig:
+    """What the decoder sees while training (exposure-bias strategies plug in here)."""
+
+    name: str = "teacher_forcing"
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# merging and checking
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """Convert a YAML / command-line value to the field type, or record a problem."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], where, problems)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list, got {value!r}")
+            return value
+        return [_coerce(v, inner, where, problems) for v in value]
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        problems.append(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _merge(obj: Any, data: dict, prefix: str, problems: list[str]) -> None:
+    types_ = _field_types(type(obj))
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in types_:
+            problems.append(f"unknown key '{where}' (known: {', '.join(sorted(types_))})")
+            continue
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                problems.append(f"{where}: expected a mapping, got {value!r}")
+                continue
+            _merge(current, value, where + ".", problems)
+        else:
+            setattr(obj, key, _coerce(value, types_[key], where, problems))
+
+
+CHOICES = {
+    "model.score": ("sqrt", "none", "qk_norm"),
+    "model.norm": ("layer", "rms", "batch"),
+    "model.norm_position": ("post", "pre"),
+    "model.projections": ("separate", "shared_qk", "none"),
+    "model.embed_scale": ("sqrt", "none"),
+    "model.positions": ("sinusoidal", "learned"),
+    "model.activation": ("relu", "gelu"),
+    "data.spm_type": ("bpe", "unigram"),
+    "data.bad_pairs": ("drop", "error"),
+    "train.dtype": ("bf16", "fp32"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg: Config) -> list[str]:
+    """Semantic checks that types alone cannot express; returns all problems."""
+    problems = []
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            problems.append(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
+    m = cfg.model
+    head_dim = m.head_dim or (m.d_model // max(m.n_heads, 1))
+    if m.head_dim is None and m.d_model % max(m.n_heads, 1):
+        problems.append(f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}")
+    if m.projections == "none" and head_dim * m.n_heads != m.d_model:
+        problems.append("model.projections=none needs n_heads * head_dim == d_model")
+    if cfg.train.accum < 1:
+        problems.append("train.accum must be >= 1")
+    if cfg.train.max_tokens < 8:
+        problems.append("train.max_tokens must be >= 8")
+    if not 0 <= cfg.train.label_smoothing < 1:
+        problems.append("train.label_smoothing must be in [0, 1)")
+    return problems
+
+
+def from_dict(data: dict | None, overrides: list[str] | dict | None = None) -> Config:
+    """Build a Config from nested dict data plus dotted overrides; raise ConfigError listing all
+    problems (unknown keys, wrong types, bad choices)."""
+    cfg = Config()
+    problems: list[str] = []
+    if data:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a mapping, got {type(data).__name__}")
+        _merge(cfg, data, "", problems)
+    for key, value in _parse_overrides(overrides, problems):
+        nested: dict = {}
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        _merge(cfg, nested, "", problems)
+    if not problems:
+        problems = validate(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def _parse_overrides(overrides, problems: list[str]) -> list[tuple[str, Any]]:
+    if not overrides:
+        return []
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    pairs = []
+    items = list(overrides)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--"):
+            problems.append(f"override {item!r} must look like --section.key VALUE")
+            i += 1
+            continue
+        key = item[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(items):
+            value = items[i + 1]
+            i += 2
+        else:
+            problems.append(f"override {item!r} has no value")
+            break
+        pairs.append((key.replace("-", "_"), yaml.safe_load(value) if value != "" else value))
+    return pairs
+
+
+def load(path: str | Path | None, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config (only the differences from the defaults) and apply overrides."""
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        try:
+            return from_dict(data, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    return from_dict(data, overrides)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,231 @@
+"""Search on the KV cache: greedy, beam search, sampling. All batched; finished sentences are
+pruned from the batch (and from the cache) as they end.
+
+Shapes: B sentences, K beam size, N = active rows (B' x K), V vocab, t decoding step.
+A hypothesis of n tokens ends with EOS chosen at step n; ``min_len <= n <= max_len``.
+
+Search is split from the model (as in fairseq): a *stepper* answers "log-probs of the next
+token for each row" and "reorder your state"; tests script a stepper from a probability table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from .data import BOS, EOS, PAD
+
+StepHook = Callable[[torch.Tensor, int], torch.Tensor]  # (log_probs [N,V], t) -> log_probs
+
+
+class Stepper(Protocol):
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [N] (last token of each row) -> log_probs [N,V] of the next token."""
+
+    def reorder(self, index: torch.Tensor, rows_changed_sentence: bool) -> None:
+        """Keep rows ``index`` [N'] of the state; ``rows_changed_sentence`` says whether the set
+        of sentences changed (prune) or only beams moved within each sentence."""
+
+
+class ModelStepper:
+    """Incremental decoding of a Transformer over its KV cache."""
+
+    def __init__(self, model, src: torch.Tensor, repeat: int = 1):
+        memory, src_mask = model.encode(src)  # [B,S,D], [B,S]
+        if repeat > 1:  # each sentence's rows are contiguous: row = sentence * K + beam
+            memory = memory.repeat_interleave(repeat, dim=0)
+            src_mask = src_mask.repeat_interleave(repeat, dim=0)
+        self.model, self.memory, self.src_mask = model, memory, src_mask
+        self.cache = model.new_cache()
+        self.t = 0
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.decode_hidden(
+            tokens[:, None], self.memory, self.src_mask, cache=self.cache, start=self.t
+        )  # [N,1,D]
+        self.t += 1
+        return torch.log_softmax(self.model.project(hidden[:, 0]).float(), dim=-1)  # [N,V]
+
+    def reorder(self, index: torch.Tensor, rows_changed_sentence: bool) -> None:
+        for layer in self.cache:
+            for key in ("self_k", "self_v"):
+                layer[key] = layer[key].index_select(0, index)
+            if rows_changed_sentence:  # cross-attention K/V are equal across one sentence's beams
+                for key in ("cross_k", "cross_v"):
+                    layer[key] = layer[key].index_select(0, index)
+        if rows_changed_sentence:
+            self.src_mask = self.src_mask.index_select(0, index)
+            self.memory = self.memory.index_select(0, index)
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without BOS / EOS
+    score: float  # length-normalised log-prob (what the beam ranks by)
+    log_prob: float  # total log-prob including EOS
+
+
+def _forbid(lp: torch.Tensor, t: int, min_len: torch.Tensor, max_len: torch.Tensor) -> None:
+    """In place: never PAD/BOS; no EOS before min_len; only EOS at max_len."""
+    lp[:, PAD] = -math.inf
+    lp[:, BOS] = -math.inf
+    too_short = min_len > t
+    if too_short.any():
+        lp[too_short, EOS] = -math.inf
+    at_max = max_len <= t
+    if at_max.any():
+        eos = lp[at_max, EOS].clone()
+        lp[at_max] = -math.inf
+        lp[at_max, EOS] = torch.where(torch.isinf(eos), torch.zeros_like(eos), eos)
+
+
+def _as_lengths(value, n: int, device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.long)
+    return torch.full((n,), int(value), dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def beam_search(
+    stepper: Stepper,
+    batch_size: int,
+    beam: int,
+    max_len,
+    min_len=1,
+    len_penalty: float = 1.0,
+    nbest: int = 1,
+    step_hook: StepHook | None = None,
+    device="cpu",
+) -> list[list[Hypothesis]]:
+    """Batched beam search. ``stepper`` must hold ``batch_size * beam`` rows (sentence-major).
+    Scores are normalised by ``(n + 1) ** len_penalty`` (n tokens + EOS), as in fairseq; a
+    sentence is finished once it has ``beam`` finished hypotheses (early stopping).
+    ``max_len`` / ``min_len``: ints or per-sentence tensors [B]."""
+    K = beam
+    max_len = _as_lengths(max_len, batch_size, device)
+    min_len = _as_lengths(min_len, batch_size, device)
+    active = torch.arange(batch_size, device=device)  # original ids of the active sentences
+    scores = torch.full((batch_size, K), -math.inf, device=device)
+    scores[:, 0] = 0.0  # at step 0 only the first beam may expand
+    scores = scores.view(-1)
+    tokens = torch.zeros(batch_size * K, 0, dtype=torch.long, device=device)
+    prev = torch.full((batch_size * K,), BOS, dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+    t = 0
+    while active.numel():
+        n_active = active.numel()
+        lp = stepper.step(prev)  # [N,V]
+        if step_hook is not None:
+            lp = step_hook(lp, t)
+        V = lp.shape[-1]
+        row_max = max_len[active].repeat_interleave(K)
+        row_min = min_len[active].repeat_interleave(K)
+        _forbid(lp, t, row_min, row_max)
+        cand = (scores[:, None] + lp).view(n_active, K * V)
+        top_scores, top_idx = cand.topk(2 * K, dim=1)  # [B',2K]
+        top_beam = torch.div(top_idx, V, rounding_mode="floor")
+        top_tok = top_idx % V
+        is_eos = (top_tok == EOS) & torch.isfinite(top_scores)
+        # finalise EOS candidates ranked among the first K (fairseq's rule)
+        eos_first = is_eos.clone()
+        eos_first[:, K:] = False
+        if eos_first.any():
+            norm = float(t + 1) ** len_penalty
+            for s, c in eos_first.nonzero().tolist():
+                sent = int(active[s])
+                if len(finished[sent]) >= K:
+                    continue
+                row = s * K + int(top_beam[s, c])
+                raw = float(top_scores[s, c])
+                finished[sent].append(Hypothesis(tokens[row].tolist(), raw / norm, raw))
+        # continue with the best K non-EOS candidates of each sentence
+        cont_scores = top_scores.masked_fill(is_eos | (top_tok == EOS), -math.inf)
+        keep_scores, keep_pos = cont_scores.topk(K, dim=1)  # [B',K]
+        keep_beam = top_beam.gather(1, keep_pos)
+        keep_tok = top_tok.gather(1, keep_pos)
+        rows = (torch.arange(n_active, device=device)[:, None] * K + keep_beam).view(-1)
+        tokens = torch.cat([tokens.index_select(0, rows), keep_tok.view(-1, 1)], dim=1)
+        scores = keep_scores.view(-1)
+        prev = keep_tok.view(-1)
+        stepper.reorder(rows, rows_changed_sentence=False)
+        t += 1
+        done = torch.tensor(
+            [len(finished[int(s)]) >= K for s in active.tolist()], dtype=torch.bool, device=device
+        ) | (max_len[active] < t) | ~torch.isfinite(keep_scores[:, 0])
+        if done.any():
+            keep = (~done).nonzero().view(-1)
+            rows = (keep[:, None] * K + torch.arange(K, device=device)).view(-1)
+            active = active.index_select(0, keep)
+            tokens, scores, prev = tokens[rows], scores[rows], prev[rows]
+            if active.numel():
+                stepper.reorder(rows, rows_changed_sentence=True)
+    return [sorted(h, key=lambda x: -x.score)[:nbest] for h in finished]
+
+
+@torch.no_grad()
+def greedy_search(
+    stepper: Stepper,
+    batch_size: int,
+    max_len,
+    min_len=1,
+    sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    step_hook: StepHook | None = None,
+    device="cpu",
+) -> list[Hypothesis]:
+    """Greedy (argmax) decoding, or sampling when ``sampler`` maps log_probs [N,V] -> [N]."""
+    max_len = _as_lengths(max_len, batch_size, device)
+    min_len = _as_lengths(min_len, batch_size, device)
+    active = torch.arange(batch_size, device=device)
+    prev = torch.full((batch_size,), BOS, dtype=torch.long, device=device)
+    tokens = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
+    total = torch.zeros(batch_size, device=device)
+    out: list[Hypothesis | None] = [None] * batch_size
+    t = 0
+    while active.numel():
+        lp = stepper.step(prev)
+        if step_hook is not None:
+            lp = step_hook(lp, t)
+        _forbid(lp, t, min_len[active], max_len[active])
+        tok = lp.argmax(-1) if sampler is None else sampler(lp)
+        total = total + lp.gather(1, tok[:, None]).squeeze(1)
+        ended = tok == EOS
+        for s in ended.nonzero().view(-1).tolist():
+            lp_sum = float(total[s])
+            out[int(active[s])] = Hypothesis(tokens[s].tolist(), lp_sum / (t + 1), lp_sum)
+        tokens = torch.cat([tokens, tok[:, None]], dim=1)
+        t += 1
+        if ended.any():
+            keep = (~ended).nonzero().view(-1)
+            active, tokens, total = active[keep], tokens[keep], total[keep]
+            prev = tok[keep]
+            if active.numel():
+                stepper.reorder(keep, rows_changed_sentence=True)
+        else:
+            prev = tok
+    return out  # type: ignore[return-value]
+
+
+def make_sampler(
+    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator=None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Ancestral sampling from log_probs [N,V] with temperature, top-k and nucleus (top-p)."""
+
+    def sample(lp: torch.Tensor) -> torch.Tensor:
+        logits = lp / max(temperature, 1e-6)
+        if top_k > 0:
+            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        if top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(-1)
+            drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix with mass >= p
+            sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
+            logits = torch.full_like(logits, -math.inf).scatter(1, order, sorted_logits)
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    return sample
+

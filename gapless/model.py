@@ -1,0 +1,444 @@
+"""The Transformer of Vaswani et al. (2017), with every design choice of methods.md 1 switchable.
+
+Shapes: B batch, S source length, T target length, D model dim, H heads, Dh head dim, V vocab.
+Masks are boolean and mean "may attend" / "is a real token" (True), never the opposite.
+
+The model only computes: ``encode``, ``decode`` (token ids *or* raw token embeddings, with an
+optional KV cache) and the teacher-forced ``forward``. No loss, no search, no strategy flags.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+Cache = dict  # per decoder layer: {"self_k", "self_v": [B,H,t,Dh], "cross_k", "cross_v": [B,H,S,Dh]}
+
+
+# ----------------------------------------------------------------------------------------------
+# normalisation: one object per choice, all called as norm(x, mask)
+
+
+class LayerNorm(nn.LayerNorm):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+class RMSNorm(nn.RMSNorm):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over the real (non-pad) tokens of a batch: statistics per feature across all
+    B*T real positions (the LN-vs-BN study of methods.md 7.2). Eval uses running statistics."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        shape = x.shape  # [B,T,D]
+        if mask is None:
+            return self.bn(x.reshape(-1, shape[-1])).reshape(shape)
+        out = torch.zeros_like(x)
+        out[mask] = self.bn(x[mask]).to(x.dtype)  # only real tokens feed the statistics
+        return out
+
+
+NORMS = {"layer": LayerNorm, "rms": RMSNorm, "batch": MaskedBatchNorm}
+
+
+# ----------------------------------------------------------------------------------------------
+# residual placement: post-norm (paper: LayerNorm(x + Sublayer(x))) or pre-norm
+
+
+class PostNorm(nn.Module):
+    def __init__(self, norm: nn.Module, dropout: float):
+        super().__init__()
+        self.norm, self.dropout = norm, nn.Dropout(dropout)
+
+    def forward(self, x, sublayer, mask=None):
+        return self.norm(x + self.dropout(sublayer(x)), mask)  # Vaswani et al. 2017, sec. 5.4
+
+
+class PreNorm(nn.Module):
+    def __init__(self, norm: nn.Module, dropout: float):
+        super().__init__()
+        self.norm, self.dropout = norm, nn.Dropout(dropout)
+
+    def forward(self, x, sublayer, mask=None):
+        return x + self.dropout(sublayer(self.norm(x, mask)))
+
+
+RESIDUALS = {"post": PostNorm, "pre": PreNorm}
+
+
+# ----------------------------------------------------------------------------------------------
+# attention scores: scale by 1/sqrt(d_k), not at all, or LayerNorm on q and k
+
+
+class SqrtScale(nn.Module):
+    """q.k / sqrt(d_k): keeps score variance 1 for unit-variance q, k (Vaswani et al., eq. 1)."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.scale = head_dim**-0.5
+
+    def forward(self, q, k):
+        return q, k, self.scale
+
+
+class NoScale(nn.Module):
+    """Unscaled q.k: variance d_k, softmax saturates (the ablation)."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+
+    def forward(self, q, k):
+        return q, k, 1.0
+
+
+class QKNorm(nn.Module):
+    """LayerNorm on q and k per head instead of the 1/sqrt(d_k) factor. Gains start at
+    d_k**-0.25 so initial scores have unit variance; they are learned from there."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.q_norm = nn.LayerNorm(head_dim)
+        self.k_norm = nn.LayerNorm(head_dim)
+        for ln in (self.q_norm, self.k_norm):
+            nn.init.constant_(ln.weight, head_dim**-0.25)
+
+    def forward(self, q, k):
+        return self.q_norm(q), self.k_norm(k), 1.0
+
+
+SCORES = {"sqrt": SqrtScale, "none": NoScale, "qk_norm": QKNorm}
+
+
+# ----------------------------------------------------------------------------------------------
+# Q/K/V projections: separate (one fused matmul over three separate weight blocks), W_q = W_k,
+# or none at all (q = k = v = x)
+
+
+def _init_blocks(weight: torch.Tensor, n_blocks: int) -> None:
+    """Xavier-uniform init of each [out, in] block separately, as separate Linears would be."""
+    for block in weight.chunk(n_blocks, dim=0):
+        nn.init.xavier_uniform_(block)
+
+
+class SeparateQKV(nn.Module):
+    """Separate W_q, W_k, W_v (stored as blocks of one matrix so self-attention is one matmul)."""
+
+    def __init__(self, d_model: int, inner: int):
+        super().__init__()
+        self.inner = inner
+        self.self_proj = nn.Linear(d_model, 3 * inner)  # rows: [W_q; W_k; W_v]
+        self.q_proj = nn.Linear(d_model, inner)
+        self.kv_proj = nn.Linear(d_model, 2 * inner)  # rows: [W_k; W_v]
+        _init_blocks(self.self_proj.weight, 3)
+        _init_blocks(self.kv_proj.weight, 2)
+        nn.init.xavier_uniform_(self.q_proj.weight)
+
+    def self_qkv(self, x):  # [B,T,D] -> 3 x [B,T,inner]
+        return self.self_proj(x).split(self.inner, dim=-1)
+
+    def cross_q(self, x):
+        return self.q_proj(x)
+
+    def cross_kv(self, memory):
+        return self.kv_proj(memory).split(self.inner, dim=-1)
+
+
+class SharedQK(nn.Module):
+    """W_q = W_k: the score matrix q_i.k_j is symmetric (methods.md 7.5)."""
+
+    def __init__(self, d_model: int, inner: int):
+        super().__init__()
+        self.inner = inner
+        self.qk_proj = nn.Linear(d_model, inner)
+        self.v_proj = nn.Linear(d_model, inner)
+        nn.init.xavier_uniform_(self.qk_proj.weight)
+        nn.init.xavier_uniform_(self.v_proj.weight)
+
+    def self_qkv(self, x):
+        qk = self.qk_proj(x)
+        return qk, qk, self.v_proj(x)
+
+    def cross_q(self, x):
+        return self.qk_proj(x)
+
+    def cross_kv(self, memory):
+        return self.qk_proj(memory), self.v_proj(memory)
+
+
+class NoProjection(nn.Module):
+    """q = k = v = x: a token's score with itself dominates (methods.md 7.7)."""
+
+    def __init__(self, d_model: int, inner: int):
+        super().__init__()
+
+    def self_qkv(self, x):
+        return x, x, x
+
+    def cross_q(self, x):
+        return x
+
+    def cross_kv(self, memory):
+        return memory, memory
+
+
+PROJECTIONS = {"separate": SeparateQKV, "shared_qk": SharedQK, "none": NoProjection}
+
+
+def attend(q, k, v, key_mask, causal: bool, scale: float, dropout: float) -> torch.Tensor:
+    """softmax(scale * q k^T + mask) v, Vaswani et al. eq. 1. q [B,H,T,Dh], k/v [B,H,S,Dh],
+    key_mask [B,1,1,S] (may attend). On GPU the fused SDPA kernels; on CPU plain matmuls, which
+    measured ~4x faster than the CPU flash kernel in bf16 for sentence-length sequences."""
+    if q.is_cuda:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=dropout, is_causal=causal, scale=scale
+        )
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B,H,T,S]
+    if causal:
+        t, s = scores.shape[-2:]
+        allowed = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if dropout > 0:
+        probs = F.dropout(probs, dropout)
+    return torch.matmul(probs, v)
+
+
+class Attention(nn.Module):
+    """Multi-head attention (self or cross) with the configured projections and score."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool):
+        super().__init__()
+        self.h = cfg.n_heads
+        self.dh = cfg.head_dim or cfg.d_model // cfg.n_heads
+        inner = self.h * self.dh
+        self.cross = cross
+        self.proj = PROJECTIONS[cfg.projections](cfg.d_model, inner)
+        self.score = SCORES[cfg.score](self.dh)
+        self.out = nn.Linear(inner, cfg.d_model)
+        nn.init.xavier_uniform_(self.out.weight)
+        self.attn_dropout = cfg.attn_dropout
+
+    def _heads(self, x):  # [B,L,H*Dh] -> [B,H,L,Dh]
+        return x.unflatten(-1, (self.h, self.dh)).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B,T,D]
+        memory: torch.Tensor | None = None,  # [B,S,D] (cross attention)
+        key_mask: torch.Tensor | None = None,  # [B,1,1,S] may attend
+        causal: bool = False,
+        cache: Cache | None = None,
+    ) -> torch.Tensor:
+        if self.cross:
+            q = self._heads(self.proj.cross_q(x))
+            if cache is not None and "cross_k" in cache:
+                k, v = cache["cross_k"], cache["cross_v"]
+            else:
+                k, v = (self._heads(t) for t in self.proj.cross_kv(memory))
+                if cache is not None:
+                    cache["cross_k"], cache["cross_v"] = k, v
+        else:
+            q, k, v = (self._heads(t) for t in self.proj.self_qkv(x))
+            if cache is not None:
+                if "self_k" in cache:  # append this step's keys/values to the cache
+                    k = torch.cat([cache["self_k"], k], dim=2)
+                    v = torch.cat([cache["self_v"], v], dim=2)
+                cache["self_k"], cache["self_v"] = k, v
+                causal = causal and q.shape[2] > 1 and q.shape[2] == k.shape[2]
+        q, k, scale = self.score(q, k)
+        p = self.attn_dropout if self.training else 0.0
+        y = attend(q, k, v, key_mask, causal, scale, p)  # [B,H,T,Dh]
+        return self.out(y.transpose(1, 2).flatten(2))  # [B,T,D]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.d_model)
+        self.act = {"relu": F.relu, "gelu": F.gelu}[cfg.activation]
+        self.dropout = nn.Dropout(cfg.act_dropout)
+        nn.init.xavier_uniform_(self.fc1.weight)
+        nn.init.xavier_uniform_(self.fc2.weight)
+
+    def forward(self, x):
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    return NORMS[cfg.norm](cfg.d_model)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        residual = RESIDUALS[cfg.norm_position]
+        self.attn = Attention(cfg, cross=False)
+        self.ffn = FeedForward(cfg)
+        self.res1 = residual(_norm(cfg), cfg.dropout)
+        self.res2 = residual(_norm(cfg), cfg.dropout)
+
+    def forward(self, x, key_mask, mask):
+        x = self.res1(x, lambda h: self.attn(h, key_mask=key_mask), mask)
+        return self.res2(x, self.ffn, mask)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        residual = RESIDUALS[cfg.norm_position]
+        self.self_attn = Attention(cfg, cross=False)
+        self.cross_attn = Attention(cfg, cross=True)
+        self.ffn = FeedForward(cfg)
+        self.res1 = residual(_norm(cfg), cfg.dropout)
+        self.res2 = residual(_norm(cfg), cfg.dropout)
+        self.res3 = residual(_norm(cfg), cfg.dropout)
+
+    def forward(self, x, memory, src_key_mask, mask, cache):
+        x = self.res1(x, lambda h: self.self_attn(h, causal=True, cache=cache), mask)
+        x = self.res2(
+            x, lambda h: self.cross_attn(h, memory, key_mask=src_key_mask, cache=cache), mask
+        )
+        return self.res3(x, self.ffn, mask)
+
+
+def sinusoidal_table(n: int, d: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...) (Vaswani et al. 3.5)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    inv = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv)[:, : d // 2]
+    return table
+
+
+class Positions(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.learned = cfg.positions == "learned"
+        if self.learned:
+            self.table = nn.Parameter(torch.randn(cfg.max_positions, cfg.d_model) * 0.02)
+        else:
+            self.register_buffer(
+                "table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False
+            )
+
+    def forward(self, start: int, length: int) -> torch.Tensor:  # [length, D]
+        if start + length > self.table.shape[0]:
+            raise ValueError(f"sequence of {start + length} positions > max_positions")
+        return self.table[start : start + length]
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer. ``decode`` takes token ids [B,T] or raw token embeddings
+    [B,T,D] and always adds the embedding scale, the true positions and dropout itself."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (from the SentencePiece model)")
+        self.cfg = cfg
+        self.pad_id = cfg.pad_id
+        d = cfg.d_model
+        self.src_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)
+        self.tgt_embed = (
+            self.src_embed
+            if cfg.tie_encoder_decoder
+            else nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)
+        )
+        for emb in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
+            nn.init.normal_(emb.weight, 0.0, d**-0.5)  # with the sqrt(d) scale: unit variance
+            nn.init.zeros_(emb.weight[cfg.pad_id])
+        self.output = nn.Linear(d, cfg.vocab_size, bias=False)
+        if cfg.tie_output:
+            self.output.weight = self.tgt_embed.weight  # Press & Wolf 2017; Vaswani et al. 3.4
+        else:
+            nn.init.normal_(self.output.weight, 0.0, d**-0.5)
+        self.embed_scale = math.sqrt(d) if cfg.embed_scale == "sqrt" else 1.0
+        self.src_pos = Positions(cfg)
+        self.tgt_pos = Positions(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        pre = cfg.norm_position == "pre"
+        self.enc_norm = _norm(cfg) if pre else None  # pre-norm needs a final norm
+        self.dec_norm = _norm(cfg) if pre else None
+
+    # ------------------------------------------------------------------ encoder
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src [B,S] ids -> (memory [B,S,D], src_mask [B,S] real tokens)."""
+        src_mask = src.ne(self.pad_id)
+        x = self.src_embed(src) * self.embed_scale + self.src_pos(0, src.shape[1])
+        x = self.dropout(x)
+        key_mask = src_mask[:, None, None, :]  # [B,1,1,S]
+        for layer in self.encoder:
+            x = layer(x, key_mask, src_mask)
+        if self.enc_norm is not None:
+            x = self.enc_norm(x, src_mask)
+        return x, src_mask
+
+    # ------------------------------------------------------------------ decoder
+    def embed_target(self, tgt: torch.Tensor) -> torch.Tensor:
+        """Raw (unscaled, position-free) target token embeddings: ids [B,T] -> [B,T,D]."""
+        return self.tgt_embed(tgt)
+
+    def decode_hidden(
+        self,
+        tgt: torch.Tensor,  # ids [B,T] or raw embeddings [B,T,D]
+        memory: torch.Tensor,  # [B,S,D]
+        src_mask: torch.Tensor,  # [B,S]
+        tgt_mask: torch.Tensor | None = None,  # [B,T] real target tokens (BatchNorm only)
+        cache: list[Cache] | None = None,
+        start: int = 0,  # position of tgt[:, 0] (cached decoding)
+    ) -> torch.Tensor:
+        emb = self.embed_target(tgt) if tgt.dtype == torch.long else tgt
+        x = emb * self.embed_scale + self.tgt_pos(start, emb.shape[1])
+        x = self.dropout(x)
+        key_mask = src_mask[:, None, None, :]
+        for i, layer in enumerate(self.decoder):
+            x = layer(x, memory, key_mask, tgt_mask, None if cache is None else cache[i])
+        if self.dec_norm is not None:
+            x = self.dec_norm(x, tgt_mask)
+        return x  # [B,T,D]
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> logits [..., V]."""
+        return self.output(hidden)
+
+    def decode(self, tgt, memory, src_mask, tgt_mask=None, cache=None, start=0) -> torch.Tensor:
+        """Logits [B,T,V] for ids or raw embeddings ``tgt``; see ``decode_hidden``."""
+        return self.project(self.decode_hidden(tgt, memory, src_mask, tgt_mask, cache, start))
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B,T,V]."""
+        memory, src_mask = self.encode(src)
+        return self.decode(tgt_in, memory, src_mask, tgt_in.ne(self.pad_id))
+
+    # ------------------------------------------------------------------ cache
+    def new_cache(self) -> list[Cache]:
+        return [{} for _ in self.decoder]
+
+    @staticmethod
+    def reorder_cache(cache: list[Cache], index: torch.Tensor) -> list[Cache]:
+        """Select rows ``index`` [N] of every cached tensor (beam reordering, pruning)."""
+        return [{k: v.index_select(0, index) for k, v in layer.items()} for layer in cache]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied tables counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

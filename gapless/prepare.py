@@ -1,0 +1,101 @@
+"""``gapless prepare``: joint SentencePiece model + checked, encoded corpus in the run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config as config_mod
+from .checkpoint import RunDir, atomic_write_text
+from .config import Config
+from .corpora import split_paths
+from .data import CorpusError, ParallelData, Vocab, read_lines, read_parallel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    vocab: Vocab
+    train: ParallelData
+    valid: ParallelData
+    valid_src: list[str]  # raw text for BLEU during training
+    valid_ref: list[str]
+    report: dict
+
+
+def _data_key(cfg: Config) -> dict:
+    d = cfg.data
+    return {k: getattr(d, k) for k in ("corpus", "src_lang", "tgt_lang", "train_split",
+                                       "valid_split", "vocab_size", "spm_type",
+                                       "character_coverage", "max_len", "bad_pairs")}
+
+
+def paths(cfg: Config, split: str) -> tuple[Path, Path]:
+    d = cfg.data
+    return split_paths(d.corpus, split, d.src_lang, d.tgt_lang, d.data_dir, d.download)
+
+
+def prepare(cfg: Config, run_dir: str | Path, force: bool = False) -> Prepared:
+    """Train SentencePiece on the training split (both sides), encode train and valid, filter
+    training pairs as configured, and write everything into the run directory. Reuses an
+    earlier preparation when its data settings are the same."""
+    run = RunDir(run_dir)
+    run.mkdirs()
+    report_path = run.data / "prepare.json"
+    key = _data_key(cfg)
+    train_src, train_tgt = paths(cfg, cfg.data.train_split)
+    valid_src_path, valid_tgt_path = paths(cfg, cfg.data.valid_split)
+    if not force and report_path.is_file() and run.spm_model.is_file():
+        report = json.loads(report_path.read_text())
+        if report.get("key") == key:
+            return Prepared(
+                Vocab(run.spm_model),
+                ParallelData.load(run.data / "train.safetensors"),
+                ParallelData.load(run.data / "valid.safetensors"),
+                read_lines(valid_src_path),
+                read_lines(valid_tgt_path),
+                report,
+            )
+        log.warning("data settings changed since the last prepare: preparing again")
+    src_lines, tgt_lines = read_parallel(train_src, train_tgt)
+    if not src_lines:
+        raise CorpusError(f"{train_src}: the training split is empty")
+    with tempfile.TemporaryDirectory() as tmp:
+        # SentencePiece reads files; drop blank lines it would otherwise count
+        joint = Path(tmp) / "joint.txt"
+        joint.write_text(
+            "".join(x + "\n" for x in src_lines + tgt_lines if x.strip()), encoding="utf-8"
+        )
+        vocab = Vocab.train(
+            [joint], run.spm_prefix, cfg.data.vocab_size, cfg.data.spm_type,
+            cfg.data.character_coverage, seed=cfg.train.seed,
+        )
+    train, train_report = ParallelData.from_text(
+        vocab, src_lines, tgt_lines, cfg.data.max_len, cfg.data.bad_pairs,
+        names=(str(train_src), str(train_tgt)),
+    )
+    v_src, v_ref = read_parallel(valid_src_path, valid_tgt_path)
+    valid, _ = ParallelData.from_text(
+        vocab, v_src, v_ref, cfg.data.max_len, "drop", filter_pairs=False,
+        names=(str(valid_src_path), str(valid_tgt_path)),
+    )
+    train.save(run.data / "train.safetensors")
+    valid.save(run.data / "valid.safetensors")
+    report = {
+        "key": key,
+        "vocab_size": len(vocab),
+        "train_files": [str(train_src), str(train_tgt)],
+        "valid_files": [str(valid_src_path), str(valid_tgt_path)],
+        "train": train_report.__dict__,
+        "train_summary": train_report.summary(),
+        "valid_pairs": len(valid),
+    }
+    atomic_write_text(report_path, json.dumps(report, indent=1))
+    log.info("prepared %s: %s", run.path, train_report.summary())
+    cfg.model.vocab_size = len(vocab)
+    config_mod.save(cfg, run.config)
+    return Prepared(vocab, train, valid, v_src, v_ref, report)

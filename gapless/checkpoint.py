@@ -72,7 +72,7 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoints
     def pointer(self, tag: str) -> Path | None:
-        """Directory of the checkpoint named by ``tag`` (last / best / average), or None."""
+        """Directory of the checkpoint named by ``tag`` (last / best), or None."""
         ptr = self.checkpoints / f"{tag}.json"
         if not ptr.is_file():
             return None
@@ -112,10 +112,13 @@ class RunDir:
 
     def _prune(self, keep_last: int) -> None:
         steps = sorted(p for p in self.checkpoints.glob("step_*") if p.is_dir())
-        pinned = {self.pointer(t) for t in ("last", "best", "average")}
+        pinned = {self.pointer(t) for t in ("last", "best")}
         for old in steps[:-keep_last] if keep_last > 0 else []:
             if old not in pinned:
                 shutil.rmtree(old, ignore_errors=True)
+        # temp dirs of saves a kill interrupted (at steps that may never be saved again)
+        for stale in self.checkpoints.glob(".step_*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def load_weights(self, model: torch.nn.Module, tag_or_dir: str | Path = "best") -> Path:
         path = Path(tag_or_dir)

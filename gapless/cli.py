@@ -94,7 +94,7 @@ def cmd_quickstart(args, overrides) -> int:
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default="best", help="best | last | average | a directory")
+    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint directory")
     p.add_argument("--beam", type=int)
     p.add_argument("--len-penalty", type=float)
     p.add_argument("--max-len-a", type=float)

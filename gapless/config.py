@@ -90,7 +90,6 @@ class TrainConfig:
     patience: int = 0  # early stopping after N validations without a better BLEU (0: off)
     save_every: int = 1000
     keep_last: int = 2
-    average_last: int = 0  # write an average of the last N checkpoints at the end (0: off)
     dtype: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads (0: leave torch's default)

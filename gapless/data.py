@@ -85,6 +85,8 @@ class Vocab:
         return self.sp.encode(lines)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
+        if len(ids) == 0:  # SentencePiece reads [] as one empty sequence and returns ""
+            return []
         return self.sp.decode([[i for i in seq if i > EOS] for seq in ids])
 
     def pieces(self, lines: list[str]) -> list[list[str]]:

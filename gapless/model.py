@@ -134,20 +134,23 @@ def _init_blocks(weight: torch.Tensor, n_blocks: int) -> None:
 
 
 class SeparateQKV(nn.Module):
-    """Separate W_q, W_k, W_v (stored as blocks of one matrix so self-attention is one matmul)."""
+    """Separate W_q, W_k, W_v. Self-attention stores them as blocks of one matrix (one matmul);
+    cross-attention has W_q for the decoder side and [W_k; W_v] for the memory."""
 
-    def __init__(self, d_model: int, inner: int):
+    def __init__(self, d_model: int, inner: int, cross: bool):
         super().__init__()
         self.inner = inner
-        self.self_proj = nn.Linear(d_model, 3 * inner)  # rows: [W_q; W_k; W_v]
-        self.q_proj = nn.Linear(d_model, inner)
-        self.kv_proj = nn.Linear(d_model, 2 * inner)  # rows: [W_k; W_v]
-        _init_blocks(self.self_proj.weight, 3)
-        _init_blocks(self.kv_proj.weight, 2)
-        nn.init.xavier_uniform_(self.q_proj.weight)
+        if cross:
+            self.q_proj = nn.Linear(d_model, inner)
+            self.kv_proj = nn.Linear(d_model, 2 * inner)  # rows: [W_k; W_v]
+            nn.init.xavier_uniform_(self.q_proj.weight)
+            _init_blocks(self.kv_proj.weight, 2)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * inner)  # rows: [W_q; W_k; W_v]
+            _init_blocks(self.qkv_proj.weight, 3)
 
     def self_qkv(self, x):  # [B,T,D] -> 3 x [B,T,inner]
-        return self.self_proj(x).split(self.inner, dim=-1)
+        return self.qkv_proj(x).split(self.inner, dim=-1)
 
     def cross_q(self, x):
         return self.q_proj(x)
@@ -159,7 +162,7 @@ class SeparateQKV(nn.Module):
 class SharedQK(nn.Module):
     """W_q = W_k: the score matrix q_i.k_j is symmetric (methods.md 7.5)."""
 
-    def __init__(self, d_model: int, inner: int):
+    def __init__(self, d_model: int, inner: int, cross: bool):
         super().__init__()
         self.inner = inner
         self.qk_proj = nn.Linear(d_model, inner)
@@ -181,7 +184,7 @@ class SharedQK(nn.Module):
 class NoProjection(nn.Module):
     """q = k = v = x: a token's score with itself dominates (methods.md 7.7)."""
 
-    def __init__(self, d_model: int, inner: int):
+    def __init__(self, d_model: int, inner: int, cross: bool):
         super().__init__()
 
     def self_qkv(self, x):
@@ -202,6 +205,11 @@ def attend(q, k, v, key_mask, causal: bool, scale: float, dropout: float) -> tor
     key_mask [B,1,1,S] (may attend). On GPU the fused SDPA kernels; on CPU plain matmuls, which
     measured ~4x faster than the CPU flash kernel in bf16 for sentence-length sequences."""
     if q.is_cuda:
+        t, s = q.shape[-2], k.shape[-2]
+        if causal and t != s:  # SDPA's is_causal aligns top-left; cached chunks need bottom-right
+            allowed = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+            key_mask = allowed if key_mask is None else key_mask & allowed
+            causal = False
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, dropout_p=dropout, is_causal=causal, scale=scale
         )
@@ -227,7 +235,7 @@ class Attention(nn.Module):
         self.dh = cfg.head_dim or cfg.d_model // cfg.n_heads
         inner = self.h * self.dh
         self.cross = cross
-        self.proj = PROJECTIONS[cfg.projections](cfg.d_model, inner)
+        self.proj = PROJECTIONS[cfg.projections](cfg.d_model, inner, cross)
         self.score = SCORES[cfg.score](self.dh)
         self.out = nn.Linear(inner, cfg.d_model)
         nn.init.xavier_uniform_(self.out.weight)
@@ -259,7 +267,7 @@ class Attention(nn.Module):
                     k = torch.cat([cache["self_k"], k], dim=2)
                     v = torch.cat([cache["self_v"], v], dim=2)
                 cache["self_k"], cache["self_v"] = k, v
-                causal = causal and q.shape[2] > 1 and q.shape[2] == k.shape[2]
+                causal = causal and q.shape[2] > 1  # a chunk after cached steps is causal too
         q, k, scale = self.score(q, k)
         p = self.attn_dropout if self.training else 0.0
         y = attend(q, k, v, key_mask, causal, scale, p)  # [B,H,T,Dh]

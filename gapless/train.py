@@ -116,6 +116,7 @@ class Distributed:
     def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        self.device_type = device.type  # NCCL only moves CUDA tensors
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
@@ -130,7 +131,7 @@ class Distributed:
     def broadcast_flag(self, flag: bool) -> bool:
         if self.world == 1:
             return flag
-        t = torch.tensor([int(flag)])
+        t = torch.tensor([int(flag)], device=self.device_type)  # cuda: the current device
         dist.broadcast(t, 0)
         return bool(t.item())
 
@@ -197,6 +198,8 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
     model = build_model(cfg).to(device)
     if init_from is not None:
         RunDir(init_from).load_weights(model, "best")
+    if ddp.world > 1:  # same initial weights on every rank, but each rank its own dropout masks
+        torch.manual_seed(t.seed + ddp.rank)
     strategy = build_strategy(cfg.strategy)
     loss_module = LossModule(model, strategy, t.label_smoothing)
     optimizer = torch.optim.Adam(
@@ -210,6 +213,10 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
         if ddp.main:
             run.truncate_log(state.update)
             log.info("resumed from update %d (epoch %d)", state.update, state.epoch)
+        if state.update >= t.max_updates:  # a finished run: no further step
+            state.stopped = state.stopped or "max_updates"
+        elif t.max_minutes > 0 and state.elapsed_s >= t.max_minutes * 60:
+            state.stopped = state.stopped or "max_minutes"
     step_module: nn.Module = loss_module
     if ddp.world > 1:
         step_module = nn.parallel.DistributedDataParallel(loss_module)
@@ -220,7 +227,8 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
     if ddp.main and t.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=t.max_updates, initial=state.update, unit="upd", dynamic_ncols=True)
+        total = None if t.max_minutes > 0 else t.max_updates  # a time budget: no update-count ETA
+        bar = tqdm(total=total, initial=state.update, unit="upd", dynamic_ncols=True)
     interval = {"tokens": 0, "loss": 0.0, "nll": 0.0, "start": time.perf_counter(), "updates": 0}
     run_start = time.perf_counter() - state.elapsed_s
     model.train()

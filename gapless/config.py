@@ -169,6 +169,8 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
                 raise ValueError
             return float(value)
         if tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
             return str(value)
     except (TypeError, ValueError):
         problems.append(f"{where}: expected {tp.__name__}, got {value!r}")
@@ -248,8 +250,10 @@ def from_dict(data: dict | None, overrides: list[str] | dict | None = None) -> C
             node = node.setdefault(part, {})
         node[parts[-1]] = value
         _merge(cfg, nested, "", problems)
-    if not problems:
-        problems = validate(cfg)
+    try:  # choice and consistency checks, also when other problems were found
+        problems += validate(cfg)
+    except (TypeError, ValueError, ZeroDivisionError):
+        pass  # a value of the wrong type, already reported above
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return cfg

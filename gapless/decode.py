@@ -47,7 +47,7 @@ class ModelStepper:
             tokens[:, None], self.memory, self.src_mask, cache=self.cache, start=self.t
         )  # [N,1,D]
         self.t += 1
-        return torch.log_softmax(self.model.project(hidden[:, 0]).float(), dim=-1)  # [N,V]
+        return torch.log_softmax(self.model.project(hidden[:, 0]), dim=-1, dtype=torch.float32)
 
     def reorder(self, index: torch.Tensor, rows_changed_sentence: bool) -> None:
         for layer in self.cache:
@@ -114,6 +114,7 @@ def beam_search(
     tokens = torch.zeros(batch_size * K, 0, dtype=torch.long, device=device)
     prev = torch.full((batch_size * K,), BOS, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+    n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)
     t = 0
     while active.numel():
         n_active = active.numel()
@@ -141,6 +142,7 @@ def beam_search(
                 row = s * K + int(top_beam[s, c])
                 raw = float(top_scores[s, c])
                 finished[sent].append(Hypothesis(tokens[row].tolist(), raw / norm, raw))
+                n_finished[sent] += 1
         # continue with the best K non-EOS candidates of each sentence
         cont_scores = top_scores.masked_fill(is_eos | (top_tok == EOS), -math.inf)
         keep_scores, keep_pos = cont_scores.topk(K, dim=1)  # [B',K]
@@ -152,9 +154,8 @@ def beam_search(
         prev = keep_tok.view(-1)
         stepper.reorder(rows, rows_changed_sentence=False)
         t += 1
-        done = torch.tensor(
-            [len(finished[int(s)]) >= K for s in active.tolist()], dtype=torch.bool, device=device
-        ) | (max_len[active] < t) | ~torch.isfinite(keep_scores[:, 0])
+        done = (n_finished.index_select(0, active) >= K) | (max_len[active] < t)
+        done |= ~torch.isfinite(keep_scores[:, 0])
         if done.any():
             keep = (~done).nonzero().view(-1)
             rows = (keep[:, None] * K + torch.arange(K, device=device)).view(-1)

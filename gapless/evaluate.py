@@ -42,7 +42,11 @@ class Translator:
 
     def __init__(self, model: Transformer, vocab: Vocab, decode: DecodeConfig, device, dtype="fp32"):
         self.model = model.to(device).eval()
-        self.vocab, self.decode_cfg, self.device, self.dtype = vocab, decode, device, dtype
+        self.vocab, self.decode_cfg, self.device = vocab, decode, device
+        # bf16 on fp32 weights (validation during training): autocast; a model cast to bf16 by
+        # ``load`` runs natively, without autocast re-casting every weight at every step
+        weights_fp32 = next(model.parameters()).dtype == torch.float32
+        self.dtype = dtype if weights_fp32 else "fp32"
 
     def translate_ids(
         self,
@@ -122,6 +126,8 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
     cfg = config_mod.load(run.config)
     model = build_model(cfg)
     run.load_weights(model, checkpoint)
+    if dtype == "bf16":  # inference only: bf16 weights and activations, log-probs in fp32
+        model = model.to(torch.bfloat16)
     return Translator(model, Vocab(run.spm_model), cfg.decode, resolve_device(device), dtype)
 
 

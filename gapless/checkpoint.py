@@ -133,6 +133,27 @@ class RunDir:
             )
         return path
 
+    def save_rank_rng(self, rank: int, update: int) -> None:
+        """A non-zero DDP rank's own RNG state (its dropout masks) at ``update``."""
+        folder = self.checkpoints / "rng"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".rank{rank}.tmp"
+        save_file({**_rng_tensors(), "update": torch.tensor([update])}, str(tmp))
+        os.replace(tmp, folder / f"rank{rank}.safetensors")
+
+    def restore_rank_rng(self, rank: int, update: int) -> bool:
+        """Restore what ``save_rank_rng`` wrote for ``update``; False if absent or stale."""
+        path = self.checkpoints / "rng" / f"rank{rank}.safetensors"
+        if not path.is_file():
+            return False
+        tensors = load_file(str(path))
+        if int(tensors["update"][0]) != update:
+            return False
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        return True
+
     def load_training_state(self, model, optimizer) -> dict | None:
         """Restore weights, optimizer and RNG from ``last``; returns the saved state or None."""
         path = self.pointer("last")

@@ -111,9 +111,31 @@ class DecodeConfig:
 
 @dataclass
 class StrategyConfig:
-    """What the decoder sees while training (exposure-bias strategies plug in here)."""
+    """What the decoder sees while training (methods.md 2-5). Defaults leave teacher forcing
+    unchanged; the other fields matter only for the two-pass strategies."""
 
-    name: str = "teacher_forcing"
+    name: str = "teacher_forcing"  # teacher_forcing | scheduled_sampling | word_oracle
+    #                                | sentence_oracle
+    # predicted input per slot (scheduled_sampling; word_oracle always samples)
+    predicted: str = "argmax"  # argmax | sample | soft | topk_soft | gumbel_soft
+    temperature: float = 1.0  # tau of sample / gumbel_soft (applied before the noise)
+    alpha: float = 1.0  # soft / topk_soft: softmax(alpha * logits)
+    topk: int = 5  # topk_soft: the k largest logits
+    first_pass_grad: bool = False  # backpropagate through the first pass (soft kinds carry it)
+    mle_weight: float = 0.0  # > 0: add this x the first (teacher-forced) pass's loss
+    # schedule of p = probability of the gold token (gapless.schedules)
+    schedule: str = "auto"  # auto (inverse_sigmoid; or_nmt for the oracles) | constant | linear
+    #                         | exponential | inverse_sigmoid | or_nmt
+    schedule_unit: str = "auto"  # auto (epoch for or_nmt, else update) | update | epoch
+    k: float = 1000.0  # constant: p; linear: start; exponential: base; inverse_sigmoid: k
+    half_at: float = 0.0  # > 0: inverse_sigmoid's k such that p = 0.5 at this progress
+    c: float = 0.0  # linear: slope per unit
+    p_min: float = 0.0  # floor of p
+    mu: float = 15.0  # or_nmt: mu / (mu + exp(i / mu)); OR-NMT used 15 or 50 per epoch
+    step_eps: float = 0.0  # > 0: decoding-step schedule p_t = step_eps ** (t * (1 - f(i)))
+    # sentence_oracle
+    oracle_beam: int = 4  # length-constrained beam size
+    oracle_noise: bool = False  # Gumbel noise (at temperature) on the beam's log-probs
 
 
 @dataclass
@@ -207,6 +229,11 @@ CHOICES = {
     "data.bad_pairs": ("drop", "error"),
     "train.dtype": ("bf16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
+    "strategy.name": (
+        "teacher_forcing", "scheduled_sampling", "word_oracle", "sentence_oracle"),
+    "strategy.predicted": ("argmax", "sample", "soft", "topk_soft", "gumbel_soft"),
+    "strategy.schedule": ("auto", "constant", "linear", "exponential", "inverse_sigmoid", "or_nmt"),
+    "strategy.schedule_unit": ("auto", "update", "epoch"),
 }
 
 
@@ -230,6 +257,30 @@ def validate(cfg: Config) -> list[str]:
         problems.append("train.max_tokens must be >= 8")
     if not 0 <= cfg.train.label_smoothing < 1:
         problems.append("train.label_smoothing must be in [0, 1)")
+    problems += _strategy_problems(cfg.strategy)
+    return problems
+
+
+def _strategy_problems(s: StrategyConfig) -> list[str]:
+    problems = []
+    for key in ("temperature", "alpha", "mu"):
+        if not getattr(s, key) > 0:
+            problems.append(f"strategy.{key} must be > 0")
+    if s.topk < 1 or s.oracle_beam < 1:
+        problems.append("strategy.topk and strategy.oracle_beam must be >= 1")
+    if s.mle_weight < 0 or s.half_at < 0 or s.c < 0:
+        problems.append("strategy.mle_weight, strategy.half_at and strategy.c must be >= 0")
+    if not 0 <= s.p_min <= 1 or not 0 <= s.step_eps <= 1:
+        problems.append("strategy.p_min and strategy.step_eps must be in [0, 1]")
+    if s.schedule in ("constant", "exponential") and not 0 <= s.k <= 1:
+        problems.append(f"strategy.k is p (constant) or the base (exponential): in [0, 1] for "
+                        f"schedule {s.schedule}, got {s.k}")
+    inverse_sigmoid = s.schedule == "inverse_sigmoid" or (
+        s.schedule == "auto" and s.name == "scheduled_sampling")
+    if inverse_sigmoid and s.half_at == 0 and s.k < 1:
+        problems.append(f"strategy.k of the inverse sigmoid must be >= 1, got {s.k}")
+    if s.mle_weight > 0 and s.name == "sentence_oracle":
+        problems.append("strategy.mle_weight needs a first pass (scheduled_sampling, word_oracle)")
     return problems
 
 

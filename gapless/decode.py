@@ -121,14 +121,17 @@ def beam_search(
         lp = stepper.step(prev)  # [N,V]
         if step_hook is not None:
             lp = step_hook(lp, t)
-        V = lp.shape[-1]
         row_max = max_len[active].repeat_interleave(K)
         row_min = min_len[active].repeat_interleave(K)
         _forbid(lp, t, row_min, row_max)
-        cand = (scores[:, None] + lp).view(n_active, K * V)
+        # the best 2K of a sentence's K*V extensions lie within each beam's own best 2K:
+        # select per row first, then over the K*2K survivors (no [B', K*V] score matrix)
+        C = min(2 * K, lp.shape[-1])
+        row_lp, row_tok = lp.topk(C, dim=1)  # [N,C]
+        cand = (scores[:, None] + row_lp).view(n_active, K * C)
         top_scores, top_idx = cand.topk(2 * K, dim=1)  # [B',2K]
-        top_beam = torch.div(top_idx, V, rounding_mode="floor")
-        top_tok = top_idx % V
+        top_beam = torch.div(top_idx, C, rounding_mode="floor")
+        top_tok = row_tok.view(n_active, K * C).gather(1, top_idx)
         is_eos = (top_tok == EOS) & torch.isfinite(top_scores)
         # finalise EOS candidates ranked among the first K (fairseq's rule)
         eos_first = is_eos.clone()

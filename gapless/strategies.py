@@ -3,14 +3,26 @@
 A strategy returns the decoder input as token ids [B,T] or as *raw* token embeddings [B,T,D];
 the model adds the embedding scale, the true positions and dropout. The training step is the
 same for every strategy. Adding one = one class + one entry in ``STRATEGIES``.
+
+Shapes: B sentences, T target slots (``tgt_in`` = [BOS, y1 .. y_{T-1}]), D model dim, V vocab.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .config import StrategyConfig
-from .data import Batch
+from .data import BOS, PAD, Batch
+from .decode import ModelStepper, beam_search
+from .metrics import sentence_bleu
+from .schedules import Progress, gold_probability, step_probability
+
+__all__ = [
+    "PREDICTED", "STRATEGIES", "Progress", "ScheduledSampling", "SentenceOracle", "Strategy",
+    "TeacherForcing", "WordOracle", "build_strategy", "gumbel_noise", "mix", "topk_weights",
+]
 
 
 class Strategy:
@@ -20,10 +32,16 @@ class Strategy:
         self.cfg = cfg
 
     def decoder_inputs(
-        self, model, batch: Batch, memory: torch.Tensor, src_mask: torch.Tensor, progress: float
+        self, model, batch: Batch, memory: torch.Tensor, src_mask: torch.Tensor, progress: Progress
     ) -> torch.Tensor:
         """Ids [B,T] or raw embeddings [B,T,D] for the (second) decoder pass."""
         return batch.tgt_in
+
+    def extra_hidden(self) -> list[tuple[float, torch.Tensor]]:
+        """[(weight, hidden [B,T,D])] of further decoder passes of the last ``decoder_inputs``
+        call whose loss against ``tgt_out`` the training step adds, weighted (e.g. the first
+        pass under ``mle_weight``). Handed over once: the list is emptied."""
+        return []
 
     def stats(self) -> dict:
         """Figures to log for the last interval (replaced fraction, p, ...)."""
@@ -34,7 +52,256 @@ class TeacherForcing(Strategy):
     """The decoder sees the gold prefix ``tgt_in`` (methods.md 2)."""
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"teacher_forcing": TeacherForcing}
+# ----------------------------------------------------------------------------------------------
+# predicted inputs: first-pass logits [B,T,V] (float, PAD/BOS at -inf) -> ids [B,T] (a token) or
+# raw embeddings [B,T,D] (a mixture of rows of the target table E [V,D])
+
+
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    """G = -log(-log U), U ~ Uniform clamped to (1e-6, 1 - 1e-6) so G is finite."""
+    u = torch.rand_like(like, dtype=torch.float32).clamp_(1e-6, 1 - 1e-6)
+    return -torch.log(-torch.log(u))
+
+
+def topk_weights(logits: torch.Tensor, k: int, alpha: float = 1.0):
+    """(weights [..., k], ids [..., k]): softmax(alpha * top-k logits). A proper distribution
+    (the original code divided raw logits by their sum: negative weights)."""
+    top, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    return (alpha * top).softmax(-1), ids
+
+
+def _argmax(logits, table, cfg):
+    return logits.argmax(-1)
+
+
+def _sample(logits, table, cfg):
+    # a categorical sample at temperature tau: tau *before* the noise (OR-NMT's code divided
+    # after, where it cannot change the argmax)
+    return (logits / cfg.temperature + gumbel_noise(logits)).argmax(-1)
+
+
+def _soft(logits, table, cfg):
+    return (cfg.alpha * logits).softmax(-1).to(table.dtype) @ table  # expected embedding
+
+
+def _topk_soft(logits, table, cfg):
+    weights, ids = topk_weights(logits, cfg.topk, cfg.alpha)  # [B,T,k]
+    return torch.einsum("btk,btkd->btd", weights.to(table.dtype), table[ids])
+
+
+def _gumbel_soft(logits, table, cfg):
+    weights = ((logits + gumbel_noise(logits)) / cfg.temperature).softmax(-1)
+    return weights.to(table.dtype) @ table
+
+
+PREDICTED: dict[str, Callable[[torch.Tensor, torch.Tensor, StrategyConfig], torch.Tensor]] = {
+    "argmax": _argmax,
+    "sample": _sample,
+    "soft": _soft,
+    "topk_soft": _topk_soft,
+    "gumbel_soft": _gumbel_soft,
+}
+
+
+def mix(use_gold: torch.Tensor, gold: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """Per slot gold or predicted: use_gold [B,T]; gold / predicted both ids [B,T] or both raw
+    embeddings [B,T,D]. Mixing ids then embedding == embedding then mixing."""
+    if gold.dim() == 3:
+        use_gold = use_gold[..., None]
+    return torch.where(use_gold, gold, predicted.to(gold.dtype))
+
+
+def shift_right(predicted: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """The prediction for input slot t comes from first-pass position t-1; slot 0 is ``first``
+    (BOS). predicted [B,T-1(,D)], first [B,1(,D)] -> [B,T(,D)]."""
+    return torch.cat([first, predicted], dim=1)
+
+
+class ScheduledSampling(Strategy):
+    """Two-pass scheduled sampling (Mihaylova & Martins 2019; Bengio et al. 2015), methods.md 3.
+
+    1. first pass: teacher-forced decoder on ``tgt_in`` (no_grad unless first_pass_grad or
+       mle_weight; dropout as in training), logits [B,T-1,V] predict slots 1..T-1;
+    2. predicted input per slot (``cfg.predicted``, PREDICTED);
+    3. per slot gold with probability p (the schedule; a [T] vector with step_eps), BOS and PAD
+       slots always gold; raw embeddings mixed, so the model scales, adds the true position and
+       drops out once. Token predictions are mixed as ids (identical, cheaper).
+    With p = 1 everywhere (and no mle_weight) the first pass is skipped: teacher forcing exactly.
+    """
+
+    default_schedule = "inverse_sigmoid"
+
+    def __init__(self, cfg: StrategyConfig):
+        super().__init__(cfg)
+        self.predicted = cfg.predicted
+        self._extra: list[tuple[float, torch.Tensor]] = []
+        self._sums: dict[str, torch.Tensor | float] = {}
+
+    def gold_p(self, progress: Progress, length: int, device=None) -> float | torch.Tensor:
+        """p of the gold token: a float, or [T] per slot with the decoding-step schedule."""
+        f = gold_probability(self.cfg, progress, self.default_schedule)
+        if self.cfg.step_eps <= 0:
+            return f
+        return step_probability(f, self.cfg.step_eps, length, self.cfg.p_min, device)
+
+    def decoder_inputs(self, model, batch, memory, src_mask, progress):
+        p = self.gold_p(progress, batch.tgt_in.shape[1], batch.tgt_in.device)
+        all_gold = p >= 1.0 if isinstance(p, float) else bool((p >= 1.0).all())
+        if all_gold and self.cfg.mle_weight == 0:
+            self._record(batch, p, use_gold=None, differs=None)
+            return batch.tgt_in
+        return self.mixed_inputs(model, batch, memory, src_mask, p)
+
+    def predictions(self, model, batch, memory, src_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first pass: (predicted input for slots 1..T-1: ids [B,T-1] or raw embeddings
+        [B,T-1,D]; its top token [B,T-1], for the stats)."""
+        cfg, tgt_in = self.cfg, batch.tgt_in
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (
+                cfg.first_pass_grad or cfg.mle_weight > 0)):
+            hidden1 = model.decode_hidden(tgt_in, memory, src_mask, batch.tgt_out.ne(PAD))
+            logits1 = model.project(hidden1[:, :-1]).float()  # [B,T-1,V]: slot t from t-1
+        if cfg.mle_weight > 0 and hidden1.requires_grad:
+            self._extra = [(cfg.mle_weight, hidden1)]
+        if not cfg.first_pass_grad:
+            logits1 = logits1.detach()
+        # the model's own output never holds PAD or BOS (decode.py forbids them)
+        logits1 = logits1.index_fill(2, torch.tensor([PAD, BOS], device=logits1.device),
+                                     float("-inf"))
+        predicted = PREDICTED[self.predicted](logits1, model.tgt_embed.weight, cfg)
+        top = predicted if predicted.dtype == torch.long else logits1.argmax(-1)  # [B,T-1]
+        return predicted, top
+
+    def mixed_inputs(self, model, batch, memory, src_mask, p) -> torch.Tensor:
+        """Predictions mixed with gold for a given p (float or [T]), without the p = 1 shortcut.
+        -> ids [B,T] (argmax, sample, oracle) or raw embeddings [B,T,D] (soft kinds)."""
+        tgt_in = batch.tgt_in
+        self._extra = []
+        predicted, top = self.predictions(model, batch, memory, src_mask)
+        B, T = tgt_in.shape
+        replaceable = tgt_in.ne(PAD)
+        replaceable[:, 0] = False  # BOS slot
+        p_slots = torch.as_tensor(p, dtype=torch.float32, device=tgt_in.device)  # [] or [T]
+        use_gold = (torch.rand(B, T, device=tgt_in.device) < p_slots) | ~replaceable  # Bernoulli
+        differs = shift_right(top, tgt_in[:, :1]).ne(tgt_in)
+        self._record(batch, p_slots, use_gold, differs)
+        if predicted.dtype == torch.long:
+            return mix(use_gold, tgt_in, shift_right(predicted, tgt_in[:, :1]))  # ids [B,T]
+        gold = model.embed_target(tgt_in)  # raw [B,T,D]
+        return mix(use_gold, gold, shift_right(predicted.to(gold.dtype), gold[:, :1]))
+
+    def extra_hidden(self):
+        extra, self._extra = self._extra, []
+        return extra
+
+    # ------------------------------------------------------------------ logging
+    def _record(self, batch, p, use_gold, differs) -> None:
+        """Accumulate as tensors (no device sync per step) until ``stats``."""
+        replaceable = batch.tgt_in.ne(PAD)
+        replaceable[:, 0] = False
+        n = replaceable.sum()
+        p_slots = torch.as_tensor(p, dtype=torch.float32, device=replaceable.device)
+        add = {"slots": n, "p_sum": (replaceable * p_slots).sum()}
+        if use_gold is not None:
+            add["replaced"] = (replaceable & ~use_gold).sum()
+            add["predicted_slots"] = n
+            add["differs"] = (replaceable & differs).sum()
+        for key, value in add.items():
+            self._sums[key] = self._sums.get(key, 0) + value
+
+    def stats(self) -> dict:
+        """Since the last call: p_gold (mean p over non-pad, non-BOS slots), replaced (fraction
+        of those slots fed a prediction), pred_differs (fraction of first-pass predictions that
+        differ from gold; when ~0, scheduled sampling is silently teacher forcing). None: no
+        data (e.g. every batch at p = 1 skipped the first pass)."""
+        s = {k: float(v) for k, v in self._sums.items()}
+        self._sums = {}
+        slots, predicted = s.get("slots", 0.0), s.get("predicted_slots", 0.0)
+        return {
+            "p_gold": round(s["p_sum"] / slots, 4) if slots else None,
+            "replaced": round(s.get("replaced", 0.0) / slots, 4) if slots else None,
+            "pred_differs": round(s["differs"] / predicted, 4) if predicted else None,
+        }
+
+
+class WordOracle(ScheduledSampling):
+    """OR-NMT's word-level oracle (Zhang et al. 2019): the ``sample`` input (Gumbel-max at
+    temperature tau), mixed per token with p = mu / (mu + exp(e / mu)) by default, e = epoch.
+    Only the decoder inputs change; the labels stay gold."""
+
+    default_schedule = "or_nmt"
+
+    def __init__(self, cfg: StrategyConfig):
+        super().__init__(cfg)
+        self.predicted = "sample"
+
+
+class SentenceOracle(ScheduledSampling):
+    """OR-NMT's sentence-level oracle (Zhang et al. 2019), methods.md 4: per source, a
+    length-constrained beam search (eval mode, no grad) gives candidates of exactly the
+    reference's length; the one with the best smoothed sentence BLEU against the reference
+    (ties and all-zero: the better beam rank) supplies the predicted input of every slot,
+    mixed per token with the schedule's p. Labels stay gold. Best as fine-tuning."""
+
+    default_schedule = "or_nmt"
+
+    def __init__(self, cfg: StrategyConfig):
+        super().__init__(cfg)
+        self.predicted = "oracle"
+
+    def predictions(self, model, batch, memory, src_mask):
+        oracle = self.oracle(model, batch)  # [B,T-1]
+        return oracle, oracle
+
+    def oracle(self, model, batch: Batch) -> torch.Tensor:
+        """Oracle ids [B,T-1] (aligned with ``tgt_out`` minus EOS, PAD-padded)."""
+        cfg, K = self.cfg, self.cfg.oracle_beam
+        B, T = batch.tgt_in.shape
+        device = batch.tgt_in.device
+        lengths = batch.tgt_in.ne(PAD).sum(1) - 1  # reference tokens without EOS: n
+        hook = None
+        if cfg.oracle_noise:  # OR-NMT's optional Gumbel noise on the logits
+            def hook(log_probs, t):
+                noisy = (log_probs + gumbel_noise(log_probs)) / cfg.temperature
+                return torch.log_softmax(noisy, dim=-1)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                stepper = ModelStepper(model, batch.src, repeat=K)
+                # min_len = max_len = n: EOS forbidden before step n, only EOS at step n
+                nbest = beam_search(stepper, B, K, max_len=lengths, min_len=lengths, nbest=K,
+                                    step_hook=hook, device=device)
+        finally:
+            model.train(was_training)
+        cand = torch.full((B, K, T - 1), PAD, dtype=torch.long)  # filled on the CPU, moved once
+        found = torch.zeros(B, K, dtype=torch.bool)
+        for b, hyps in enumerate(nbest):
+            for k, h in enumerate(hyps):  # best beam score first
+                cand[b, k, : len(h.tokens)] = torch.tensor(h.tokens, dtype=torch.long)
+                found[b, k] = True
+        cand, found = cand.to(device), found.to(device)
+        refs = batch.tgt_in[:, 1:]  # y1 .. yn, PAD-padded
+        bleu = sentence_bleu(cand.view(B * K, -1), refs.repeat_interleave(K, dim=0)).view(B, K)
+        bleu = bleu.masked_fill(~found, -1.0)
+        best = bleu.argmax(1)  # first maximum: ties and all-zero go to the better beam rank
+        score = bleu.gather(1, best[:, None]).clamp_min(0)
+        self._sums["oracle_bleu"] = self._sums.get("oracle_bleu", 0) + score.sum()
+        self._sums["oracle_sentences"] = self._sums.get("oracle_sentences", 0) + B
+        return cand[torch.arange(B, device=device), best]
+
+    def stats(self) -> dict:
+        """ScheduledSampling's figures plus oracle_bleu (mean sentence BLEU of the oracles)."""
+        bleu, n = self._sums.pop("oracle_bleu", None), self._sums.pop("oracle_sentences", 0)
+        return {**super().stats(),
+                "oracle_bleu": round(float(bleu) / n, 4) if n else None}
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "teacher_forcing": TeacherForcing,
+    "scheduled_sampling": ScheduledSampling,
+    "word_oracle": WordOracle,
+    "sentence_oracle": SentenceOracle,
+}
 
 
 def build_strategy(cfg: StrategyConfig) -> Strategy:

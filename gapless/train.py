@@ -29,7 +29,7 @@ from .data import PAD, collate, token_batches
 from .evaluate import Translator, autocast, build_model, resolve_device
 from .metrics import corpus_scores
 from .prepare import prepare
-from .strategies import Strategy, build_strategy
+from .strategies import Progress, Strategy, TeacherForcing, build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,18 @@ class LossModule(nn.Module):
         super().__init__()
         self.model, self.strategy, self.eps = model, strategy, eps
 
-    def forward(self, batch, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
         memory, src_mask = self.model.encode(batch.src)
         tgt_mask = batch.tgt_out.ne(PAD)  # from gold lengths, never from mixed inputs
         inputs = self.strategy.decoder_inputs(self.model, batch, memory, src_mask, progress)
         hidden = self.model.decode_hidden(inputs, memory, src_mask, tgt_mask)  # [B,T,D]
         logits = self.model.project(hidden[tgt_mask])  # [N,V]: only real target tokens
-        return label_smoothed_nll(logits, batch.tgt_out[tgt_mask], self.eps)
+        loss, nll = label_smoothed_nll(logits, batch.tgt_out[tgt_mask], self.eps)
+        for weight, extra in self.strategy.extra_hidden():  # e.g. the first pass (mle_weight)
+            extra_logits = self.model.project(extra[tgt_mask])
+            loss = loss + weight * label_smoothed_nll(extra_logits, batch.tgt_out[tgt_mask],
+                                                      self.eps)[0]
+        return loss, nll
 
 
 def inverse_sqrt(update: int, peak: float, warmup: int) -> float:
@@ -144,9 +149,11 @@ def _set_seed(seed: int) -> None:
 
 
 def validate(
-    cfg: Config, model, loss_module: LossModule, prep, device, max_sentences: int | None = None
+    cfg: Config, model, prep, device, max_sentences: int | None = None
 ) -> dict:
-    """Validation loss (teacher forcing) and BLEU of decoded outputs."""
+    """Validation loss (teacher forcing, whatever the training strategy) and BLEU of decoded
+    outputs."""
+    loss_module = LossModule(model, TeacherForcing(cfg.strategy), cfg.train.label_smoothing)
     model.eval()
     data = prep.valid
     n = len(data) if not max_sentences else min(len(data), max_sentences)
@@ -155,7 +162,7 @@ def validate(
         sub_lens = (data.src_lens[:n], data.tgt_lens[:n])
         for idx in token_batches(*sub_lens, cfg.train.max_tokens, 0, 0):
             batch = collate(data, idx).to(device)
-            loss, nll = loss_module(batch, 1.0)
+            loss, nll = loss_module(batch, Progress(0, 0))
             total += float(loss)
             nll_sum += float(nll)
             ntok += batch.n_tokens
@@ -213,6 +220,9 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
         if ddp.main:
             run.truncate_log(state.update)
             log.info("resumed from update %d (epoch %d)", state.update, state.epoch)
+        elif not run.restore_rank_rng(ddp.rank, state.update):
+            log.warning("rank %d: no RNG state saved for update %d; dropout masks will differ "
+                        "from the uninterrupted run", ddp.rank, state.update)
         if state.update >= t.max_updates:  # a finished run: no further step
             state.stopped = state.stopped or "max_updates"
         elif t.max_minutes > 0 and state.elapsed_s >= t.max_minutes * 60:
@@ -244,7 +254,7 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
             lr = inverse_sqrt(state.update + 1, t.lr, t.warmup)
             for pg in optimizer.param_groups:
                 pg["lr"] = lr
-            progress = state.update / max(t.max_updates, 1)
+            progress = Progress(state.update, state.epoch)
             for k, idx in enumerate(mine):
                 batch = collate(data, idx).to(device)
                 sync = contextlib.nullcontext()
@@ -297,13 +307,13 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
             out_of_time = ddp.broadcast_flag(out_of_time)
             last = state.update >= t.max_updates or out_of_time
             if state.update % t.valid_every == 0 or last:
-                _validate_and_save(cfg, run, model, loss_module, optimizer, prep, device, state,
+                _validate_and_save(cfg, run, model, optimizer, prep, device, state,
                                    ddp)
                 interval["start"] = time.perf_counter()  # validation is not training throughput
                 if ddp.broadcast_flag(bool(state.stopped)):
                     state.stopped = "early_stop"
-            elif state.update % t.save_every == 0 and ddp.main:
-                run.save(model, optimizer, _state_dict(state), ("last",), t.keep_last)
+            elif state.update % t.save_every == 0:
+                _checkpoint(run, model, optimizer, state, ("last",), t, ddp)
             if state.update >= t.max_updates:
                 state.stopped = "max_updates"
             elif out_of_time:
@@ -315,8 +325,7 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
             state.group_in_epoch = 0
             if state.epoch > t.max_epochs:
                 state.stopped = "max_epochs"
-                if ddp.main:
-                    run.save(model, optimizer, _state_dict(state), ("last",), t.keep_last)
+                _checkpoint(run, model, optimizer, state, ("last",), t, ddp)
     if bar is not None:
         bar.close()
     if ddp.main:
@@ -331,12 +340,25 @@ def _state_dict(state: TrainState) -> dict:
     return dict(state.__dict__)
 
 
-def _validate_and_save(cfg, run, model, loss_module, optimizer, prep, device, state, ddp):
+def _checkpoint(run, model, optimizer, state, tags, t, ddp) -> None:
+    """Rank 0 writes the checkpoint; every other rank first writes its own RNG state, so a
+    resumed DDP run draws the same dropout masks on every rank."""
+    if not ddp.main:
+        run.save_rank_rng(ddp.rank, state.update)
+    ddp.barrier()
+    if ddp.main:
+        run.save(model, optimizer, _state_dict(state), tuple(tags), t.keep_last)
+    ddp.barrier()
+
+
+def _validate_and_save(cfg, run, model, optimizer, prep, device, state, ddp):
     t = cfg.train
     tags = ["last"]
+    if not ddp.main:
+        run.save_rank_rng(ddp.rank, state.update)
     if ddp.main:
         start = time.perf_counter()
-        result = validate(cfg, model, loss_module, prep, device, t.valid_max_sentences or None)
+        result = validate(cfg, model, prep, device, t.valid_max_sentences or None)
         result["valid_seconds"] = round(time.perf_counter() - start, 1)
         if result["valid_bleu"] > state.best_bleu:
             state.best_bleu, state.best_update = result["valid_bleu"], state.update

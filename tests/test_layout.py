@@ -1,7 +1,8 @@
 """Imports point down (docs/design.md): a module imports only gapless modules of lower layers.
 
-Layers, from the design's order "config, metrics -> model, data -> corpora, decode, checkpoint ->
-strategies, prepare, evaluate, diagnose -> train, explain, plots, serve -> quickstart -> cli".
+Layers, from the design's order "config, metrics -> model, data, schedules -> corpora, decode,
+checkpoint -> strategies, prepare, evaluate, diagnose -> train, explain, plots, serve -> quickstart
+-> cli".
 ``model`` imports only torch and config. A new module must be given a layer here.
 """
 
@@ -17,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gapless"
 
 LAYERS = [
     {"config", "metrics"},
-    {"model", "data"},
+    {"model", "data", "schedules"},
     {"corpora", "decode", "checkpoint"},
     {"strategies", "prepare", "evaluate", "diagnose"},
     {"train", "explain", "plots", "serve"},

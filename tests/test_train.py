@@ -285,34 +285,7 @@ def test_ddp_equals_accumulation(prepared, tmp_path):
         ddp = _fresh_run(prepared, tmp_path / f"ddp{accum}")
         jobs.append((single, ddp, {**over, "train.accum": accum}))
 
-    env = {
-        **os.environ,
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-        "OMP_NUM_THREADS": "1",
-    }
-    spec = json.dumps([(str(ddp), o) for _, ddp, o in jobs])
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(TINY), spec],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    outputs = []
-    for p in procs:
-        try:
-            outputs.append(p.communicate(timeout=120)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
+    _launch_ddp(tmp_path, [(str(ddp), o) for _, ddp, o in jobs])
 
     for single, ddp, _ in jobs:
         a, b = _weights(single), _weights(ddp)
@@ -338,3 +311,34 @@ def test_ddp_equals_accumulation(prepared, tmp_path):
         ]
         assert len(norms[0]) == len(norms[1]) == updates
         assert norms[1] == pytest.approx(norms[0], abs=2e-3), ddp.name
+
+
+def _launch_ddp(tmp_path: Path, spec: list) -> None:
+    """Run the worker on 2 gloo ranks over ``spec`` = [(run_dir, overrides), ...] in order."""
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, str(TINY), json.dumps(spec)],
+                         env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in range(2)
+    ]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
+
+
+def test_ddp_resume_with_dropout_is_exact(prepared, tmp_path):
+    """A 2-rank run with dropout killed at update 2 and resumed to 4 equals the uninterrupted
+    2-rank run: each rank restores its own RNG state (its own dropout masks)."""
+    corpus = prepared[0]
+    over = {**_ddp_overrides(corpus, 4), "model.dropout": 0.1, "train.save_every": 2}
+    whole = _fresh_run(prepared, tmp_path / "whole")
+    resumed = _fresh_run(prepared, tmp_path / "resumed")
+    _launch_ddp(tmp_path, [(str(whole), over), (str(resumed), {**over, "train.max_updates": 2}),
+                           (str(resumed), over)])
+    assert (RunDir(resumed).checkpoints / "rng" / "rank1.safetensors").is_file()
+    a, b = _weights(whole), _weights(resumed)
+    inner = config_mod.load(whole / "config.yaml").model.d_model
+    for name in a:
+        x, y = _without_key_bias(name, a[name], inner), _without_key_bias(name, b[name], inner)
+        torch.testing.assert_close(y, x, atol=1e-6, rtol=0, msg=name)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -61,14 +62,12 @@ def cmd_translate(args, overrides) -> int:
     from .evaluate import load
 
     translator = load(args.run, args.checkpoint, args.device, args.dtype)
-    src = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(open(args.input, encoding="utf-8")) if args.input else sys.stdin
+        out = (stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output
+               else sys.stdout)
         for hyp in translator.translate_stream(src, **_decode_kwargs(args)):
             out.write(hyp + "\n")
-    finally:
-        if args.output:
-            out.close()
     return 0
 
 

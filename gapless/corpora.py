@@ -213,9 +213,12 @@ def download_multi30k(
     tmp = folder / f".{name}.part"
     log.info("downloading %s", url)
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-            with gzip.GzipFile(fileobj=resp) as gz:
-                shutil.copyfileobj(gz, out)
+        with (
+            urllib.request.urlopen(url, timeout=60) as resp,
+            gzip.GzipFile(fileobj=resp) as gz,
+            open(tmp, "wb") as out,
+        ):
+            shutil.copyfileobj(gz, out)
     except (OSError, EOFError) as exc:
         tmp.unlink(missing_ok=True)
         raise CorpusError(f"could not download {url}: {exc}") from exc

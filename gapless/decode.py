@@ -11,8 +11,9 @@ token for each row" and "reorder your state"; tests script a stepper from a prob
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 

@@ -18,16 +18,6 @@ E, A, B, C, D = EOS, 4, 5, 6, 7
 V = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is several times faster than two on a busy 2-core machine
-    (the threads spin against each other); restored afterwards for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TableStepper:
     """A Stepper whose next-token distribution is read from a table keyed by the prefix.
 

@@ -16,16 +16,6 @@ from gapless.model import MaskedBatchNorm, Transformer, count_parameters
 VOCAB, D = 24, 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is several times faster than two on a busy 2-core machine
-    (the threads spin against each other); restored afterwards for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_model(seed: int = 0, train_bn_stats: bool = True, **switches) -> Transformer:
     """A tiny model; BatchNorm running statistics are made non-trivial so eval mode is tested
     with real statistics rather than the identity (mean 0, var 1)."""

@@ -42,16 +42,6 @@ VARIANT_IDS = [kw.get("predicted", name) for name, kw in VARIANTS]
 AT = Progress(update=10, epoch=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and spinning OpenMP threads on a busy 2-core
-    machine cost seconds per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(dropout: float = 0.0, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=V, d_model=32, n_heads=2, ffn_dim=64, enc_layers=1,

@@ -265,8 +265,8 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
                         loss, nll = step_module(batch, progress)
                     # DDP averages gradients over ranks: scale so the update is sum / group tokens
                     (loss * ddp.world / group_tokens).backward()
-                interval["loss"] += float(loss.detach())
-                interval["nll"] += float(nll)
+                interval["loss"] += loss.detach()  # a tensor: no device sync per step
+                interval["nll"] += nll
             grad_norm = (
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
                 if t.clip_norm > 0 else None
@@ -288,8 +288,8 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
                 local_tokens = interval["tokens"] / ddp.world
                 record = {
                     "kind": "train", "update": state.update, "epoch": state.epoch,
-                    "loss": round(interval["loss"] / local_tokens, 4),
-                    "nll": round(interval["nll"] / local_tokens, 4),
+                    "loss": round(float(interval["loss"]) / local_tokens, 4),
+                    "nll": round(float(interval["nll"]) / local_tokens, 4),
                     "lr": lr, "tgt_tokens_per_s": round(interval["tokens"] / secs, 1),
                     "s_per_update": round(secs / interval["updates"], 4),
                     "elapsed_s": round(state.elapsed_s, 1),

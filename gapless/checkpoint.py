@@ -28,13 +28,18 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file + fsync + rename: a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 class RunDir:
@@ -132,6 +137,17 @@ class RunDir:
                 f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
             )
         return path
+
+    def load_optimizer(self, optimizer, tag: str = "best") -> dict:
+        """Adam moments of checkpoint ``tag`` into ``optimizer`` (fine-tuning that keeps the
+        base's optimizer); returns that checkpoint's state.json."""
+        path = self.pointer(tag)
+        if path is None or not (path / "optim.safetensors").is_file():
+            raise FileNotFoundError(f"{self.checkpoints}: no optimizer state for '{tag}'")
+        state = json.loads((path / "state.json").read_text())
+        _restore_optimizer(optimizer, load_file(str(path / "optim.safetensors")),
+                           state["optimizer"])
+        return state
 
     def save_rank_rng(self, rank: int, update: int) -> None:
         """A non-zero DDP rank's own RNG state (its dropout masks) at ``update``."""

@@ -1,10 +1,13 @@
 """Command line: one subcommand = one library function; no logic here.
 
     gapless prepare   CONFIG [--run-dir DIR] [--section.key VALUE ...]
-    gapless train     CONFIG [--run-dir DIR] [--init-from RUN] [--section.key VALUE ...]
+    gapless train     CONFIG [--run-dir DIR] [--init-from RUN [--init-optimizer]] [--key VALUE ...]
     gapless translate RUN [--beam K] [--input FILE] [--output FILE]   (stdin -> stdout by default)
     gapless evaluate  RUN [--split test2016 ...] [--beam K]
     gapless quickstart [--minutes M]
+    gapless diagnose  RUN [--split S] [--max-sentences N] [--beams 1,4,10,50]
+    gapless diagnose  --compare RUN_A RUN_B ... --out DIR
+    gapless explain   [CLAIM ...] [--run RUN] [--out DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def cmd_train(args, overrides) -> int:
     from .train import train
 
     cfg, run_dir = _config(args, overrides)
-    state = train(cfg, run_dir, init_from=args.init_from)
+    state = train(cfg, run_dir, init_from=args.init_from, init_optimizer=args.init_optimizer)
     print(json.dumps({"run_dir": str(run_dir), "updates": state.update,
                       "stopped": state.stopped, "best_valid_bleu": state.best_bleu,
                       "minutes": round(state.elapsed_s / 60, 2)}))
@@ -85,6 +88,34 @@ def cmd_evaluate(args, overrides) -> int:
     return 0
 
 
+def cmd_diagnose(args, overrides) -> int:
+    from .diagnose import diagnose
+    from .evaluate import load
+    from .plots import compare_report, diagnose_report
+
+    if (args.compare is None) == (args.run is None) or (args.compare and not args.out):
+        print("gapless: error: diagnose takes RUN, or --compare RUN ... --out DIR",
+              file=sys.stderr)
+        return 2
+    settings = {"split": args.split, "max_sentences": args.max_sentences, "beams": args.beams,
+                "sweep_sentences": args.sweep_sentences, "checkpoint": args.checkpoint,
+                "device": args.device}
+    if args.compare:
+        folders = [diagnose(run, load, reuse=True, **settings) for run in args.compare]
+        print(compare_report(folders, args.out))
+    else:
+        print(diagnose_report(diagnose(args.run, load, **settings)))
+    return 0
+
+
+def cmd_explain(args, overrides) -> int:
+    from .explain import explain
+    from .train import train
+
+    explain(args.claims, run=args.run, out=args.out, quick=args.quick, echo=print, trainer=train)
+    return 0
+
+
 def cmd_quickstart(args, overrides) -> int:
     from .quickstart import quickstart
 
@@ -119,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config")
         p.add_argument("--run-dir")
         if name == "train":
-            p.add_argument("--init-from", help="start from this run's best weights (fine-tune)")
+            p.add_argument("--init-from", help="start from this run's best weights and "
+                           "vocabulary (fine-tune; fresh optimizer, schedules from update 0)")
+            p.add_argument("--init-optimizer", action="store_true",
+                           help="with --init-from: also take the base's Adam state")
         else:
             p.add_argument("--force", action="store_true", help="prepare again")
         p.set_defaults(fn=fn)
@@ -134,6 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="append")
     _add_decode_args(p)
     p.set_defaults(fn=cmd_evaluate)
+    p = sub.add_parser("diagnose", help="exposure-bias report of a run (or --compare runs)")
+    p.add_argument("run", nargs="?")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="several runs on the same plots")
+    p.add_argument("--out", help="with --compare: folder of the combined report")
+    p.add_argument("--split", default="test2016")
+    p.add_argument("--max-sentences", type=int, help="a fixed random subsample of the split")
+    p.add_argument("--beams", default=[1, 4, 10, 50], metavar="1,4,10,50",
+                   type=lambda s: [int(b) for b in s.split(",")])
+    p.add_argument("--sweep-sentences", type=int, help="beam sweep on the first N only")
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_diagnose)
+    p = sub.add_parser("explain", help="the notes' Transformer claims as experiments")
+    p.add_argument("claims", nargs="*", help="claim names (default: all; see gapless.explain)")
+    p.add_argument("--run", help="a trained run for the claims about trained models")
+    p.add_argument("--out", help="output folder (default: RUN/explain, else docs/explain)")
+    p.add_argument("--quick", action="store_true", help="fewer samples and updates")
+    p.set_defaults(fn=cmd_explain)
     p = sub.add_parser("quickstart", help="train a small model, evaluate, translate")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--run-dir")

@@ -123,6 +123,7 @@ class StrategyConfig:
     topk: int = 5  # topk_soft: the k largest logits
     first_pass_grad: bool = False  # backpropagate through the first pass (soft kinds carry it)
     mle_weight: float = 0.0  # > 0: add this x the first (teacher-forced) pass's loss
+    mix_unit: str = "token"  # token | sentence | batch: one gold/predicted draw per ...
     # schedule of p = probability of the gold token (gapless.schedules)
     schedule: str = "auto"  # auto (inverse_sigmoid; or_nmt for the oracles) | constant | linear
     #                         | exponential | inverse_sigmoid | or_nmt
@@ -136,6 +137,7 @@ class StrategyConfig:
     # sentence_oracle
     oracle_beam: int = 4  # length-constrained beam size
     oracle_noise: bool = False  # Gumbel noise (at temperature) on the beam's log-probs
+    oracle_refresh: int = 0  # > 0: cache each sentence's oracle, search again after N updates
 
 
 @dataclass
@@ -234,6 +236,7 @@ CHOICES = {
     "strategy.predicted": ("argmax", "sample", "soft", "topk_soft", "gumbel_soft"),
     "strategy.schedule": ("auto", "constant", "linear", "exponential", "inverse_sigmoid", "or_nmt"),
     "strategy.schedule_unit": ("auto", "update", "epoch"),
+    "strategy.mix_unit": ("token", "sentence", "batch"),
 }
 
 
@@ -279,6 +282,8 @@ def _strategy_problems(s: StrategyConfig) -> list[str]:
         s.schedule == "auto" and s.name == "scheduled_sampling")
     if inverse_sigmoid and s.half_at == 0 and s.k < 1:
         problems.append(f"strategy.k of the inverse sigmoid must be >= 1, got {s.k}")
+    if s.oracle_refresh < 0:
+        problems.append("strategy.oracle_refresh must be >= 0 (0: search every update)")
     if s.mle_weight > 0 and s.name == "sentence_oracle":
         problems.append("strategy.mle_weight needs a first pass (scheduled_sampling, word_oracle)")
     return problems

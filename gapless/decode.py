@@ -32,14 +32,13 @@ class Stepper(Protocol):
 
 
 class ModelStepper:
-    """Incremental decoding of a Transformer over its KV cache."""
+    """Incremental decoding of a Transformer over its KV cache. With ``repeat`` = K (beam
+    search) row r belongs to sentence r // K; the encoder output, source mask and
+    cross-attention K/V stay one per sentence (the model groups the K queries)."""
 
     def __init__(self, model, src: torch.Tensor, repeat: int = 1):
-        memory, src_mask = model.encode(src)  # [B,S,D], [B,S]
-        if repeat > 1:  # each sentence's rows are contiguous: row = sentence * K + beam
-            memory = memory.repeat_interleave(repeat, dim=0)
-            src_mask = src_mask.repeat_interleave(repeat, dim=0)
-        self.model, self.memory, self.src_mask = model, memory, src_mask
+        self.memory, self.src_mask = model.encode(src)  # [B,S,D], [B,S]
+        self.model, self.repeat = model, repeat
         self.cache = model.new_cache()
         self.t = 0
 
@@ -54,12 +53,14 @@ class ModelStepper:
         for layer in self.cache:
             for key in ("self_k", "self_v"):
                 layer[key] = layer[key].index_select(0, index)
-            if rows_changed_sentence:  # cross-attention K/V are equal across one sentence's beams
+        if rows_changed_sentence:  # rows come in whole sentences: keep those sentences
+            sentences = index.view(-1, self.repeat)[:, 0] // self.repeat
+            for layer in self.cache:
                 for key in ("cross_k", "cross_v"):
-                    layer[key] = layer[key].index_select(0, index)
-        if rows_changed_sentence:
-            self.src_mask = self.src_mask.index_select(0, index)
-            self.memory = self.memory.index_select(0, index)
+                    if key in layer:
+                        layer[key] = layer[key].index_select(0, sentences)
+            self.src_mask = self.src_mask.index_select(0, sentences)
+            self.memory = self.memory.index_select(0, sentences)
 
 
 @dataclass

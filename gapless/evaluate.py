@@ -133,16 +133,20 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
 
 def evaluate(
     run_dir: str | Path, split: str, checkpoint: str = "best", device: str = "auto",
-    dtype: str = "fp32", **decode_kwargs,
+    dtype: str = "fp32", translator: Translator | None = None, **decode_kwargs,
 ) -> dict:
     """Translate a split of the run's corpus, score BLEU + chrF (with signatures) against the raw
-    references, and write ``eval/<split>.hyp`` and ``eval/<split>.json``."""
+    references, and write ``eval/<split>.hyp`` and ``eval/<split>.json``. ``split`` may name
+    another corpus as ``CORPUS:SPLIT`` (e.g. ``multi30k:test2016`` for a model fine-tuned on
+    another domain). ``translator``: an already loaded model (several splits, one load)."""
     run = RunDir(run_dir)
-    translator = load(run_dir, checkpoint, device, dtype)
+    translator = translator or load(run_dir, checkpoint, device, dtype)
     cfg = config_mod.load(run.config)
     d = cfg.data
-    src_path, ref_path = split_paths(d.corpus, split, d.src_lang, d.tgt_lang, d.data_dir,
-                                     d.download)
+    corpus, _, name = split.rpartition(":")
+    src_path, ref_path = split_paths(corpus or d.corpus, name, d.src_lang, d.tgt_lang,
+                                     d.data_dir, d.download)
+    split = split.replace(":", ".")  # the file name
     src, ref = read_parallel(src_path, ref_path)
     start = time.perf_counter()
     hyps = translator.translate(src, **decode_kwargs)

@@ -270,8 +270,24 @@ class Attention(nn.Module):
                 causal = causal and q.shape[2] > 1  # a chunk after cached steps is causal too
         q, k, scale = self.score(q, k)
         p = self.attn_dropout if self.training else 0.0
-        y = attend(q, k, v, key_mask, causal, scale, p)  # [B,H,T,Dh]
+        G = q.shape[0] // k.shape[0]
+        if G > 1:  # beam search: G rows (one step each) share one sentence's memory
+            y = self._grouped(q, k, v, key_mask, scale, p, G)
+        else:
+            y = attend(q, k, v, key_mask, causal, scale, p)  # [B,H,T,Dh]
         return self.out(y.transpose(1, 2).flatten(2))  # [B,T,D]
+
+    @staticmethod
+    def _grouped(q, k, v, key_mask, scale, p, G):
+        """Cross-attention of G single-step queries per memory row: the G beams become the
+        query axis, so memory and its K/V are never copied G times and the score product is
+        a [G,Dh] x [Dh,S] matrix product per head. q [B*G,H,1,Dh], k/v [B,H,S,Dh]."""
+        BG, H, T, Dh = q.shape
+        if T != 1:
+            raise ValueError(f"grouped cross-attention takes one step per row, got {T}")
+        q = q.view(BG // G, G, H, Dh).transpose(1, 2)  # [B,H,G,Dh]
+        y = attend(q, k, v, key_mask, False, scale, p)  # [B,H,G,Dh]
+        return y.transpose(1, 2).reshape(BG, H, 1, Dh)
 
 
 class FeedForward(nn.Module):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as config_mod
-from .checkpoint import RunDir, atomic_write_text
+from .checkpoint import RunDir, atomic_write_bytes, atomic_write_text
 from .config import Config
 from .corpora import split_paths
 from .data import CorpusError, ParallelData, Vocab, read_lines, read_parallel
@@ -39,14 +39,25 @@ def paths(cfg: Config, split: str) -> tuple[Path, Path]:
     return split_paths(d.corpus, split, d.src_lang, d.tgt_lang, d.data_dir, d.download)
 
 
-def prepare(cfg: Config, run_dir: str | Path, force: bool = False) -> Prepared:
+def prepare(
+    cfg: Config, run_dir: str | Path, force: bool = False, vocab_from: str | Path | None = None
+) -> Prepared:
     """Train SentencePiece on the training split (both sides), encode train and valid, filter
     training pairs as configured, and write everything into the run directory. Reuses an
-    earlier preparation when its data settings are the same."""
+    earlier preparation when its data settings are the same. ``vocab_from``: a run whose
+    SentencePiece model is copied instead of training one (fine-tuning: the weights' vocabulary,
+    whatever the new corpus)."""
     run = RunDir(run_dir)
     run.mkdirs()
     report_path = run.data / "prepare.json"
     key = _data_key(cfg)
+    if vocab_from is not None:
+        base = RunDir(vocab_from)
+        if not base.spm_model.is_file():
+            raise FileNotFoundError(f"{base.spm_model}: the run to take the vocabulary from has "
+                                    "no SentencePiece model")
+        key["vocab_from"] = str(Path(vocab_from).resolve())
+        key["vocab_size"] = None  # the base's, whatever the config says
     train_src, train_tgt = paths(cfg, cfg.data.train_split)
     valid_src_path, valid_tgt_path = paths(cfg, cfg.data.valid_split)
     if not force and report_path.is_file() and run.spm_model.is_file():
@@ -64,16 +75,23 @@ def prepare(cfg: Config, run_dir: str | Path, force: bool = False) -> Prepared:
     src_lines, tgt_lines = read_parallel(train_src, train_tgt)
     if not src_lines:
         raise CorpusError(f"{train_src}: the training split is empty")
-    with tempfile.TemporaryDirectory() as tmp:
-        # SentencePiece reads files; drop blank lines it would otherwise count
-        joint = Path(tmp) / "joint.txt"
-        joint.write_text(
-            "".join(x + "\n" for x in src_lines + tgt_lines if x.strip()), encoding="utf-8"
-        )
-        vocab = Vocab.train(
-            [joint], run.spm_prefix, cfg.data.vocab_size, cfg.data.spm_type,
-            cfg.data.character_coverage, seed=cfg.train.seed,
-        )
+    if vocab_from is not None:
+        for suffix in (".model", ".vocab"):
+            source = RunDir(vocab_from).spm_prefix.with_suffix(suffix)
+            if source.is_file():
+                atomic_write_bytes(run.spm_prefix.with_suffix(suffix), source.read_bytes())
+        vocab = Vocab(run.spm_model)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            # SentencePiece reads files; drop blank lines it would otherwise count
+            joint = Path(tmp) / "joint.txt"
+            joint.write_text(
+                "".join(x + "\n" for x in src_lines + tgt_lines if x.strip()), encoding="utf-8"
+            )
+            vocab = Vocab.train(
+                [joint], run.spm_prefix, cfg.data.vocab_size, cfg.data.spm_type,
+                cfg.data.character_coverage, seed=cfg.train.seed,
+            )
     train, train_report = ParallelData.from_text(
         vocab, src_lines, tgt_lines, cfg.data.max_len, cfg.data.bad_pairs,
         names=(str(train_src), str(train_tgt)),

@@ -47,14 +47,21 @@ class Strategy:
         """Figures to log for the last interval (replaced fraction, p, ...)."""
         return {}
 
+    def state_dict(self) -> dict:
+        """JSON-able state a checkpoint must keep for exact resume (e.g. cached oracles)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+
 
 class TeacherForcing(Strategy):
     """The decoder sees the gold prefix ``tgt_in`` (methods.md 2)."""
 
 
 # ----------------------------------------------------------------------------------------------
-# predicted inputs: first-pass logits [B,T,V] (float, PAD/BOS at -inf) -> ids [B,T] (a token) or
-# raw embeddings [B,T,D] (a mixture of rows of the target table E [V,D])
+# predicted inputs: first-pass logits [N,V] of the replaced slots (float, PAD/BOS at -inf) ->
+# ids [N] (a token) or raw embeddings [N,D] (a mixture of rows of the target table E [V,D])
 
 
 def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
@@ -86,7 +93,7 @@ def _soft(logits, table, cfg):
 
 def _topk_soft(logits, table, cfg):
     weights, ids = topk_weights(logits, cfg.topk, cfg.alpha)  # [B,T,k]
-    return torch.einsum("btk,btkd->btd", weights.to(table.dtype), table[ids])
+    return torch.einsum("...k,...kd->...d", weights.to(table.dtype), table[ids])
 
 
 def _gumbel_soft(logits, table, cfg):
@@ -111,21 +118,17 @@ def mix(use_gold: torch.Tensor, gold: torch.Tensor, predicted: torch.Tensor) -> 
     return torch.where(use_gold, gold, predicted.to(gold.dtype))
 
 
-def shift_right(predicted: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """The prediction for input slot t comes from first-pass position t-1; slot 0 is ``first``
-    (BOS). predicted [B,T-1(,D)], first [B,1(,D)] -> [B,T(,D)]."""
-    return torch.cat([first, predicted], dim=1)
-
-
 class ScheduledSampling(Strategy):
     """Two-pass scheduled sampling (Mihaylova & Martins 2019; Bengio et al. 2015), methods.md 3.
 
-    1. first pass: teacher-forced decoder on ``tgt_in`` (no_grad unless first_pass_grad or
-       mle_weight; dropout as in training), logits [B,T-1,V] predict slots 1..T-1;
-    2. predicted input per slot (``cfg.predicted``, PREDICTED);
-    3. per slot gold with probability p (the schedule; a [T] vector with step_eps), BOS and PAD
-       slots always gold; raw embeddings mixed, so the model scales, adds the true position and
-       drops out once. Token predictions are mixed as ids (identical, cheaper).
+    1. per slot gold with probability p (the schedule; a [T] vector with step_eps), BOS and PAD
+       slots always gold, drawn first;
+    2. first pass: teacher-forced decoder on ``tgt_in`` (no_grad unless first_pass_grad or
+       mle_weight; dropout as in training); position t-1 predicts slot t, and only the slots
+       to be replaced are projected to the vocabulary (the projection dominates the pass);
+    3. predicted input per replaced slot (``cfg.predicted``, PREDICTED); raw embeddings mixed,
+       so the model scales, adds the true position and drops out once. Token predictions are
+       mixed as ids (identical, cheaper).
     With p = 1 everywhere (and no mle_weight) the first pass is skipped: teacher forcing exactly.
     """
 
@@ -152,23 +155,37 @@ class ScheduledSampling(Strategy):
             return batch.tgt_in
         return self.mixed_inputs(model, batch, memory, src_mask, p)
 
-    def predictions(self, model, batch, memory, src_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first pass: (predicted input for slots 1..T-1: ids [B,T-1] or raw embeddings
-        [B,T-1,D]; its top token [B,T-1], for the stats)."""
+    def draw_gold_mask(self, tgt_in: torch.Tensor, p) -> torch.Tensor:
+        """use_gold [B,T]: Bernoulli(p) per token (or one draw per sentence / per batch with
+        ``mix_unit``, the latter OR-NMT's replication option); BOS and PAD slots always gold.
+        Drawn *before* the first pass, so only replaced slots are projected to the vocab."""
+        B, T = tgt_in.shape
+        p_slots = torch.as_tensor(p, dtype=torch.float32, device=tgt_in.device)  # [] or [T]
+        shape = {"token": (B, T), "sentence": (B, 1), "batch": (1, 1)}[self.cfg.mix_unit]
+        u = torch.rand(shape, device=tgt_in.device).expand(B, T)
+        replaceable = tgt_in.ne(PAD)
+        replaceable[:, 0] = False  # BOS slot
+        return (u < p_slots) | ~replaceable
+
+    def predict_at(self, model, batch, memory, src_mask, replace: torch.Tensor):
+        """The first pass, read only where needed. replace [B,T] (slot 0 never set): the slots
+        fed a prediction; slot t is predicted from first-pass position t-1.
+        -> (predicted: ids [N] or raw embeddings [N,D]; its top token [N]), N = replace.sum()."""
         cfg, tgt_in = self.cfg, batch.tgt_in
         with torch.set_grad_enabled(torch.is_grad_enabled() and (
                 cfg.first_pass_grad or cfg.mle_weight > 0)):
             hidden1 = model.decode_hidden(tgt_in, memory, src_mask, batch.tgt_out.ne(PAD))
-            logits1 = model.project(hidden1[:, :-1]).float()  # [B,T-1,V]: slot t from t-1
+            # project only the N positions whose prediction is fed (p = 0.5: half the GEMM)
+            logits1 = model.project(hidden1[:, :-1][replace[:, 1:]]).float()  # [N,V]
         if cfg.mle_weight > 0 and hidden1.requires_grad:
             self._extra = [(cfg.mle_weight, hidden1)]
         if not cfg.first_pass_grad:
             logits1 = logits1.detach()
         # the model's own output never holds PAD or BOS (decode.py forbids them)
-        logits1 = logits1.index_fill(2, torch.tensor([PAD, BOS], device=logits1.device),
+        logits1 = logits1.index_fill(-1, torch.tensor([PAD, BOS], device=logits1.device),
                                      float("-inf"))
         predicted = PREDICTED[self.predicted](logits1, model.tgt_embed.weight, cfg)
-        top = predicted if predicted.dtype == torch.long else logits1.argmax(-1)  # [B,T-1]
+        top = predicted if predicted.dtype == torch.long else logits1.argmax(-1)  # [N]
         return predicted, top
 
     def mixed_inputs(self, model, batch, memory, src_mask, p) -> torch.Tensor:
@@ -176,18 +193,14 @@ class ScheduledSampling(Strategy):
         -> ids [B,T] (argmax, sample, oracle) or raw embeddings [B,T,D] (soft kinds)."""
         tgt_in = batch.tgt_in
         self._extra = []
-        predicted, top = self.predictions(model, batch, memory, src_mask)
-        B, T = tgt_in.shape
-        replaceable = tgt_in.ne(PAD)
-        replaceable[:, 0] = False  # BOS slot
-        p_slots = torch.as_tensor(p, dtype=torch.float32, device=tgt_in.device)  # [] or [T]
-        use_gold = (torch.rand(B, T, device=tgt_in.device) < p_slots) | ~replaceable  # Bernoulli
-        differs = shift_right(top, tgt_in[:, :1]).ne(tgt_in)
-        self._record(batch, p_slots, use_gold, differs)
+        use_gold = self.draw_gold_mask(tgt_in, p)
+        replace = ~use_gold
+        predicted, top = self.predict_at(model, batch, memory, src_mask, replace)
+        self._record(batch, p, use_gold, top.ne(tgt_in[replace]).sum())
         if predicted.dtype == torch.long:
-            return mix(use_gold, tgt_in, shift_right(predicted, tgt_in[:, :1]))  # ids [B,T]
+            return tgt_in.masked_scatter(replace, predicted)  # ids [B,T]
         gold = model.embed_target(tgt_in)  # raw [B,T,D]
-        return mix(use_gold, gold, shift_right(predicted.to(gold.dtype), gold[:, :1]))
+        return gold.masked_scatter(replace[..., None], predicted.to(gold.dtype))
 
     def extra_hidden(self):
         extra, self._extra = self._extra, []
@@ -195,24 +208,26 @@ class ScheduledSampling(Strategy):
 
     # ------------------------------------------------------------------ logging
     def _record(self, batch, p, use_gold, differs) -> None:
-        """Accumulate as tensors (no device sync per step) until ``stats``."""
+        """Accumulate as tensors (no device sync per step) until ``stats``. differs: how many
+        fed predictions differ from gold (a 0-dim tensor)."""
         replaceable = batch.tgt_in.ne(PAD)
         replaceable[:, 0] = False
         n = replaceable.sum()
         p_slots = torch.as_tensor(p, dtype=torch.float32, device=replaceable.device)
         add = {"slots": n, "p_sum": (replaceable * p_slots).sum()}
         if use_gold is not None:
-            add["replaced"] = (replaceable & ~use_gold).sum()
-            add["predicted_slots"] = n
-            add["differs"] = (replaceable & differs).sum()
+            replaced = (replaceable & ~use_gold).sum()
+            add["replaced"] = replaced
+            add["predicted_slots"] = replaced
+            add["differs"] = differs
         for key, value in add.items():
             self._sums[key] = self._sums.get(key, 0) + value
 
     def stats(self) -> dict:
         """Since the last call: p_gold (mean p over non-pad, non-BOS slots), replaced (fraction
-        of those slots fed a prediction), pred_differs (fraction of first-pass predictions that
+        of those slots fed a prediction), pred_differs (fraction of the fed predictions that
         differ from gold; when ~0, scheduled sampling is silently teacher forcing). None: no
-        data (e.g. every batch at p = 1 skipped the first pass)."""
+        data (e.g. every batch at p = 1 skipped the first pass, or nothing was replaced)."""
         s = {k: float(v) for k, v in self._sums.items()}
         self._sums = {}
         slots, predicted = s.get("slots", 0.0), s.get("predicted_slots", 0.0)
@@ -247,13 +262,46 @@ class SentenceOracle(ScheduledSampling):
     def __init__(self, cfg: StrategyConfig):
         super().__init__(cfg)
         self.predicted = "oracle"
+        # oracle_refresh > 0: corpus row -> (update searched, oracle ids y'1..y'n)
+        self._cache: dict[int, tuple[int, list[int]]] = {}
+        self._update = 0
 
-    def predictions(self, model, batch, memory, src_mask):
-        oracle = self.oracle(model, batch)  # [B,T-1]
+    def decoder_inputs(self, model, batch, memory, src_mask, progress):
+        self._update = progress.update
+        return super().decoder_inputs(model, batch, memory, src_mask, progress)
+
+    def predict_at(self, model, batch, memory, src_mask, replace):
+        oracle = self.oracle(model, batch)[replace[:, 1:]]  # [N]
         return oracle, oracle
 
     def oracle(self, model, batch: Batch) -> torch.Tensor:
-        """Oracle ids [B,T-1] (aligned with ``tgt_out`` minus EOS, PAD-padded)."""
+        """Oracle ids [B,T-1] (aligned with ``tgt_out`` minus EOS, PAD-padded). With
+        ``oracle_refresh`` = N > 0 a sentence's oracle is reused until it is N updates old, so
+        only the stale rows are searched (a row recurs once per epoch: N spans epochs)."""
+        refresh = self.cfg.oracle_refresh
+        B, T = batch.tgt_in.shape
+        self._sums["oracle_sentences"] = self._sums.get("oracle_sentences", 0) + B
+        if refresh <= 0:
+            return self.search(model, batch)
+        rows = batch.index.tolist()
+        stale = [i for i, r in enumerate(rows)
+                 if r not in self._cache or self._update - self._cache[r][0] >= refresh]
+        if stale:
+            sel = torch.tensor(stale, device=batch.src.device)
+            sub = Batch(batch.src[sel], batch.tgt_in[sel], batch.tgt_out[sel], batch.index[sel])
+            found = self.search(model, sub).cpu()
+            lengths = sub.tgt_in.ne(PAD).sum(1) - 1
+            for j, i in enumerate(stale):
+                self._cache[rows[i]] = (self._update, found[j, : int(lengths[j])].tolist())
+        out = torch.full((B, T - 1), PAD, dtype=torch.long)
+        for i, r in enumerate(rows):
+            tokens = self._cache[r][1]
+            out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        return out.to(batch.tgt_in.device)
+
+    def search(self, model, batch: Batch) -> torch.Tensor:
+        """A length-constrained beam for every row of ``batch``; the best sentence-BLEU
+        candidate per row -> ids [B,T-1]."""
         cfg, K = self.cfg, self.cfg.oracle_beam
         B, T = batch.tgt_in.shape
         device = batch.tgt_in.device
@@ -286,14 +334,26 @@ class SentenceOracle(ScheduledSampling):
         best = bleu.argmax(1)  # first maximum: ties and all-zero go to the better beam rank
         score = bleu.gather(1, best[:, None]).clamp_min(0)
         self._sums["oracle_bleu"] = self._sums.get("oracle_bleu", 0) + score.sum()
-        self._sums["oracle_sentences"] = self._sums.get("oracle_sentences", 0) + B
+        self._sums["oracle_searched"] = self._sums.get("oracle_searched", 0) + B
         return cand[torch.arange(B, device=device), best]
 
+    def state_dict(self) -> dict:
+        return {"oracle_cache": {str(r): v for r, v in self._cache.items()}} if self._cache else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._cache = {int(r): (int(u), list(t))
+                       for r, (u, t) in state.get("oracle_cache", {}).items()}
+
     def stats(self) -> dict:
-        """ScheduledSampling's figures plus oracle_bleu (mean sentence BLEU of the oracles)."""
-        bleu, n = self._sums.pop("oracle_bleu", None), self._sums.pop("oracle_sentences", 0)
+        """ScheduledSampling's figures plus oracle_bleu (mean sentence BLEU of the oracles
+        searched) and oracle_searched (fraction of sentences searched, not taken from the
+        cache)."""
+        bleu = self._sums.pop("oracle_bleu", None)
+        searched = float(self._sums.pop("oracle_searched", 0))
+        n = float(self._sums.pop("oracle_sentences", 0))
         return {**super().stats(),
-                "oracle_bleu": round(float(bleu) / n, 4) if n else None}
+                "oracle_bleu": round(float(bleu) / searched, 4) if searched else None,
+                "oracle_searched": round(searched / n, 4) if n else None}
 
 
 STRATEGIES: dict[str, type[Strategy]] = {

@@ -10,6 +10,7 @@ epoch, the RNG states and the optimizer, so a killed run resumes to the same res
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -78,11 +79,19 @@ class LossModule(nn.Module):
     def __init__(self, model, strategy: Strategy, eps: float):
         super().__init__()
         self.model, self.strategy, self.eps = model, strategy, eps
+        self.strategy_seconds = 0.0  # wall time inside decoder_inputs (first pass, oracle)
 
     def forward(self, batch, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
         memory, src_mask = self.model.encode(batch.src)
         tgt_mask = batch.tgt_out.ne(PAD)  # from gold lengths, never from mixed inputs
+        timed = not isinstance(self.strategy, TeacherForcing)
+        if timed and memory.is_cuda:
+            torch.cuda.synchronize(memory.device)
+        start = time.perf_counter()
         inputs = self.strategy.decoder_inputs(self.model, batch, memory, src_mask, progress)
+        if timed and memory.is_cuda:
+            torch.cuda.synchronize(memory.device)
+        self.strategy_seconds += time.perf_counter() - start
         hidden = self.model.decode_hidden(inputs, memory, src_mask, tgt_mask)  # [B,T,D]
         logits = self.model.project(hidden[tgt_mask])  # [N,V]: only real target tokens
         loss, nll = label_smoothed_nll(logits, batch.tgt_out[tgt_mask], self.eps)
@@ -181,8 +190,23 @@ def validate(
     }
 
 
-def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None) -> TrainState:
-    """Train (or resume) the run in ``run_dir``; returns the final state."""
+def _check_same_model(cfg: Config, base: Path) -> None:
+    """Fine-tuning needs the base's architecture (dropout may differ): list every mismatch."""
+    base_cfg = config_mod.load(base / "config.yaml")
+    diff = [f"model.{k}: {v!r} here, {getattr(base_cfg.model, k)!r} in {base}"
+            for k, v in cfg.model.__dict__.items()
+            if k not in ("dropout", "vocab_size") and v != getattr(base_cfg.model, k)]
+    if diff:
+        raise config_mod.ConfigError("--init-from needs the same model:\n  " + "\n  ".join(diff))
+
+
+def train(
+    cfg: Config, run_dir: str | Path, init_from: str | Path | None = None,
+    init_optimizer: bool = False,
+) -> TrainState:
+    """Train (or resume) the run in ``run_dir``; returns the final state. ``init_from``: start
+    from that run's best weights and its vocabulary (fine-tuning), with a fresh optimizer
+    unless ``init_optimizer``; the schedule counter starts at update 0, and the log says so."""
     t = cfg.train
     device = resolve_device(t.device)
     if t.threads:
@@ -192,19 +216,26 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     run = RunDir(run_dir)
+    if init_from is not None:
+        _check_same_model(cfg, Path(init_from))
     if ddp.main:
-        prep = prepare(cfg, run_dir)
+        prep = prepare(cfg, run_dir, vocab_from=init_from)
     ddp.barrier()
     if not ddp.main:
-        prep = prepare(cfg, run_dir)  # reads what rank 0 wrote
+        prep = prepare(cfg, run_dir, vocab_from=init_from)  # reads what rank 0 wrote
     cfg.model.vocab_size = len(prep.vocab)
     if ddp.main:
         config_mod.save(cfg, run.config)
 
     _set_seed(t.seed)
     model = build_model(cfg).to(device)
+    init_record = None
     if init_from is not None:
-        RunDir(init_from).load_weights(model, "best")
+        weights = RunDir(init_from).load_weights(model, "best")
+        base_update = json.loads((weights / "state.json").read_text())["update"]
+        init_record = {"kind": "init", "update": 0, "init_from": str(init_from),
+                       "checkpoint": weights.name, "base_update": base_update,
+                       "optimizer": "fresh", "schedule_starts_at": {"update": 0, "epoch": 1}}
     if ddp.world > 1:  # same initial weights on every rank, but each rank its own dropout masks
         torch.manual_seed(t.seed + ddp.rank)
     strategy = build_strategy(cfg.strategy)
@@ -213,10 +244,14 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
         model.parameters(), lr=t.lr, betas=tuple(t.betas), eps=t.adam_eps,
         weight_decay=t.weight_decay,
     )
+    if init_record is not None and init_optimizer:
+        RunDir(init_from).load_optimizer(optimizer, "best")
+        init_record["optimizer"] = f"restored from {init_record['checkpoint']}"
     state = TrainState()
     saved = run.load_training_state(model, optimizer)
     if saved is not None:
         state = TrainState(**saved)
+        strategy.load_state_dict(state.extra.get("strategy", {}))
         if ddp.main:
             run.truncate_log(state.update)
             log.info("resumed from update %d (epoch %d)", state.update, state.epoch)
@@ -227,6 +262,14 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
             state.stopped = state.stopped or "max_updates"
         elif t.max_minutes > 0 and state.elapsed_s >= t.max_minutes * 60:
             state.stopped = state.stopped or "max_minutes"
+    elif ddp.main:
+        run.truncate_log(-1)  # a start over: records of a run killed before its first save go
+    if saved is None and init_record is not None and ddp.main:
+        # the decay counter restarts with the fine-tune: said, not silent (methods.md 4.4)
+        run.append_log(init_record)
+        log.info("fine-tuning from %s (%s, base update %d), optimizer %s; schedules count "
+                 "from update 0, epoch 1", init_from, init_record["checkpoint"],
+                 init_record["base_update"], init_record["optimizer"])
     step_module: nn.Module = loss_module
     if ddp.world > 1:
         step_module = nn.parallel.DistributedDataParallel(loss_module)
@@ -295,6 +338,7 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
                     "elapsed_s": round(state.elapsed_s, 1),
                     **({"grad_norm": round(float(grad_norm), 3)} if grad_norm is not None else {}),
                     **strategy.stats(),
+                    **_strategy_cost(loss_module, secs, interval["updates"]),
                 }
                 run.append_log(record)
                 if bar is not None:
@@ -307,13 +351,13 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
             out_of_time = ddp.broadcast_flag(out_of_time)
             last = state.update >= t.max_updates or out_of_time
             if state.update % t.valid_every == 0 or last:
-                _validate_and_save(cfg, run, model, optimizer, prep, device, state,
+                _validate_and_save(cfg, run, model, optimizer, strategy, prep, device, state,
                                    ddp)
                 interval["start"] = time.perf_counter()  # validation is not training throughput
                 if ddp.broadcast_flag(bool(state.stopped)):
                     state.stopped = "early_stop"
             elif state.update % t.save_every == 0:
-                _checkpoint(run, model, optimizer, state, ("last",), t, ddp)
+                _checkpoint(run, model, optimizer, strategy, state, ("last",), t, ddp)
             if state.update >= t.max_updates:
                 state.stopped = "max_updates"
             elif out_of_time:
@@ -325,7 +369,7 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
             state.group_in_epoch = 0
             if state.epoch > t.max_epochs:
                 state.stopped = "max_epochs"
-                _checkpoint(run, model, optimizer, state, ("last",), t, ddp)
+                _checkpoint(run, model, optimizer, strategy, state, ("last",), t, ddp)
     if bar is not None:
         bar.close()
     if ddp.main:
@@ -336,22 +380,35 @@ def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None)
     return state
 
 
-def _state_dict(state: TrainState) -> dict:
-    return dict(state.__dict__)
+def _strategy_cost(loss_module: LossModule, seconds: float, updates: int) -> dict:
+    """The strategy's share of the interval: its seconds per update and the step time relative
+    to the same step without it (a teacher-forcing step), ``step / (step - strategy)``."""
+    spent, loss_module.strategy_seconds = loss_module.strategy_seconds, 0.0
+    if isinstance(loss_module.strategy, TeacherForcing) or not updates:
+        return {}
+    rest = max(seconds - spent, 1e-9)
+    return {"strategy_s_per_update": round(spent / updates, 4),
+            "step_vs_tf": round(seconds / rest, 3)}
 
 
-def _checkpoint(run, model, optimizer, state, tags, t, ddp) -> None:
+def _state_dict(state: TrainState, strategy: Strategy) -> dict:
+    """What state.json holds: the loop's counters plus the strategy's state (oracle cache)."""
+    extra = {**state.extra, "strategy": strategy.state_dict()}
+    return {**state.__dict__, "extra": extra}
+
+
+def _checkpoint(run, model, optimizer, strategy, state, tags, t, ddp) -> None:
     """Rank 0 writes the checkpoint; every other rank first writes its own RNG state, so a
     resumed DDP run draws the same dropout masks on every rank."""
     if not ddp.main:
         run.save_rank_rng(ddp.rank, state.update)
     ddp.barrier()
     if ddp.main:
-        run.save(model, optimizer, _state_dict(state), tuple(tags), t.keep_last)
+        run.save(model, optimizer, _state_dict(state, strategy), tuple(tags), t.keep_last)
     ddp.barrier()
 
 
-def _validate_and_save(cfg, run, model, optimizer, prep, device, state, ddp):
+def _validate_and_save(cfg, run, model, optimizer, strategy, prep, device, state, ddp):
     t = cfg.train
     tags = ["last"]
     if not ddp.main:
@@ -372,7 +429,7 @@ def _validate_and_save(cfg, run, model, optimizer, prep, device, state, ddp):
                         "elapsed_s": round(state.elapsed_s, 1), **result})
         log.info("update %d: valid BLEU %.2f (best %.2f @ %d)", state.update,
                  result["valid_bleu"], state.best_bleu, state.best_update)
-        run.save(model, optimizer, _state_dict(state), tuple(tags), t.keep_last)
+        run.save(model, optimizer, _state_dict(state, strategy), tuple(tags), t.keep_last)
     ddp.barrier()
 
 

@@ -110,7 +110,7 @@ def test_two_pass_path_with_all_gold_is_teacher_forcing(name, kw):
         m, b, mem, sm, 1.0)
     _assert_same(_loss_and_grads(model, strategy, batch), ref)
     stats = strategy.stats()
-    assert stats["replaced"] == 0.0 and stats["pred_differs"] is not None
+    assert stats["replaced"] == 0.0 and stats["pred_differs"] is None  # nothing was fed
 
 
 def test_mle_weight_adds_the_first_pass_loss():
@@ -343,8 +343,10 @@ def test_train_end_to_end_logs_strategy_stats(tiny_corpus, tmp_path):
     records = [r for r in RunDir(tmp_path / "run").read_log() if r["kind"] == "train"]
     assert [r["update"] for r in records] == [5, 10]
     for r in records:
-        assert {"p_gold", "replaced", "pred_differs"} <= r.keys()
+        assert {"p_gold", "replaced", "pred_differs", "strategy_s_per_update"} <= r.keys()
         assert 0.0 < r["replaced"] < 1.0 and 0.0 <= r["pred_differs"] <= 1.0
+        # the first pass costs time: the step is slower than the same step without it
+        assert 0 < r["strategy_s_per_update"] < r["s_per_update"] and r["step_vs_tf"] > 1.0
     # updates 0-4 then 5-9 of p = 1 - 0.05 i: the logged p is the interval's (slot-weighted) mean
     assert 0.8 <= records[0]["p_gold"] <= 1.0 and 0.55 <= records[1]["p_gold"] <= 0.8
     assert records[1]["replaced"] > records[0]["replaced"]
@@ -409,3 +411,80 @@ def test_sentence_oracle_picks_the_best_bleu_candidate(monkeypatch):
     assert oracle[0, :3].tolist() == refs[0]
     assert oracle[1, :4].tolist() == [others[1][0]] * 4
     assert strategy.stats()["oracle_bleu"] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# the mask is drawn first: only replaced slots are projected; mixing units; cached oracles
+
+
+def test_only_replaced_slots_are_projected_and_they_get_the_shifted_argmax(monkeypatch):
+    model, batch = _model(), _batch()
+    rows = []
+    project = model.project
+    monkeypatch.setattr(model, "project", lambda h: rows.append(h.shape[0]) or project(h))
+    strategy = _strategy(p=0.5)
+    with torch.no_grad():
+        inputs = _inputs(model, batch, strategy)
+        logits = _first_pass_logits(model, batch)
+    replaced = inputs.ne(batch.tgt_in)  # differs here, except where a prediction equals gold
+    shifted = torch.cat([batch.tgt_in[:, :1], logits.argmax(-1)[:, :-1]], dim=1)
+    real = _replaceable(batch)
+    fed = (inputs.eq(shifted) & real) | replaced
+    n_replaced = round(strategy.stats()["replaced"] * int(real.sum()))
+    assert rows[0] == n_replaced  # [N,D] projected, N = replaced slots, not B x (T-1)
+    assert 0 < n_replaced < int(real.sum())
+    assert torch.equal(inputs[replaced], shifted[replaced])  # every change is a prediction
+    assert bool(fed.sum() >= n_replaced)
+
+
+@pytest.mark.parametrize("unit", ["sentence", "batch"])
+def test_mix_unit_draws_once_per_sentence_or_batch(unit):
+    batch = _batch(size=6)
+    real = _replaceable(batch)
+    strategy = _strategy(p=0.5, mix_unit=unit)
+    kinds = set()
+    with torch.no_grad():
+        for seed in range(12):
+            torch.manual_seed(seed)
+            use_gold = strategy.draw_gold_mask(batch.tgt_in, 0.5)
+            rows = [bool(use_gold[b][real[b]].all()) or bool((~use_gold[b][real[b]]).all())
+                    for b in range(len(real))]
+            assert all(rows)  # a sentence is all gold or all predicted
+            per_row = [bool(use_gold[b][real[b]].all()) for b in range(len(real))]
+            if unit == "batch":
+                assert len(set(per_row)) == 1
+            kinds.add(tuple(per_row))
+    assert len(kinds) > 1  # the draw is random
+    assert bool(use_gold[~real].all())  # BOS and PAD always gold
+
+
+def test_cached_oracles_are_reused_until_refresh(monkeypatch):
+    strategy = _oracle_strategy(oracle_refresh=5)
+    searched = []
+    search = strategy.search
+    monkeypatch.setattr(strategy, "search",
+                        lambda m, b: searched.append(b.index.tolist()) or search(m, b))
+    model, batch = _model(), _batch(size=4)
+    with torch.no_grad():
+        first = strategy.oracle(model, batch)
+        strategy._update = 4  # younger than 5 updates: reused
+        assert torch.equal(strategy.oracle(model, batch), first)
+        part = Batch(batch.src[2:], batch.tgt_in[2:], batch.tgt_out[2:], batch.index[2:])
+        strategy._update = 5  # rows 2, 3 are 5 updates old: searched again
+        strategy.oracle(model, part)
+    assert searched == [[0, 1, 2, 3], [2, 3]]
+    stats = strategy.stats()
+    assert stats["oracle_searched"] == pytest.approx(6 / 10)
+    state = strategy.state_dict()
+    restored = _oracle_strategy(oracle_refresh=5)
+    restored.load_state_dict(json_roundtrip(state))
+    restored._update = strategy._update = 4  # every row younger than 5 updates
+    with torch.no_grad():
+        assert torch.equal(restored.oracle(model, batch), strategy.oracle(model, batch))
+    assert restored.stats()["oracle_searched"] == 0.0
+
+
+def json_roundtrip(obj):
+    import json
+
+    return json.loads(json.dumps(obj))

@@ -25,7 +25,8 @@ from gapless.train import inverse_sqrt, label_smoothed_nll, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
-TIMING = {"tgt_tokens_per_s", "s_per_update", "elapsed_s", "valid_seconds"}
+TIMING = {"tgt_tokens_per_s", "s_per_update", "elapsed_s", "valid_seconds", "strategy_s_per_update",
+          "step_vs_tf"}
 
 
 @pytest.fixture(autouse=True)
@@ -171,6 +172,53 @@ def test_resume_is_exact(prepared, tmp_path, dtype, kill_at):
     assert _records(resumed, "valid", after=kill_at) == _records(straight, "valid", after=kill_at)
     assert not junk.exists()
     assert (second.tokens, second.best_bleu) == (state.tokens, state.best_bleu)
+
+
+def test_resume_is_exact_with_cached_sentence_oracles(prepared, tmp_path):
+    """The oracle cache travels in the checkpoint: a resumed run reuses the same oracles."""
+    corpus = prepared[0]
+    over = {"model.dropout": 0.1, "strategy.name": "sentence_oracle",
+            "strategy.schedule": "constant", "strategy.k": 0.5, "strategy.oracle_beam": 2,
+            "strategy.oracle_refresh": 1000}
+    straight = _fresh_run(prepared, tmp_path / "straight")
+    state = train(_cfg(corpus, **over, **{"train.max_updates": 24}), straight)
+    assert state.epoch > 1  # epoch 2 reads the cache
+    resumed = _fresh_run(prepared, tmp_path / "resumed")
+    train(_cfg(corpus, **over, **{"train.max_updates": 15}), resumed)
+    saved = json.loads((RunDir(resumed).pointer("last") / "state.json").read_text())
+    assert saved["extra"]["strategy"]["oracle_cache"]  # the cache was checkpointed
+    train(_cfg(corpus, **over, **{"train.max_updates": 24}), resumed)
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    records = _records(resumed, "train")
+    assert records == _records(straight, "train")
+    assert any(r["oracle_searched"] < 1 for r in records)  # the cache was used
+
+
+def test_init_from_fine_tunes_with_the_base_vocabulary(prepared, tmp_path):
+    """--init-from: the base's SentencePiece model even on another corpus, its best weights,
+    a fresh optimizer by default (or the base's), the counter restart logged; a different
+    architecture is refused with the mismatching keys named."""
+    corpus = prepared[0]
+    base = _fresh_run(prepared, tmp_path / "base")
+    train(_cfg(corpus, **{"train.max_updates": 10}), base)
+    other = _write_corpus(tmp_path / "other", 40)
+    (other / "train.de").write_text("völlig neue wörter hier\n" * 40)  # another domain
+    tuned = tmp_path / "tuned"
+    over = {"train.max_updates": 2, "train.lr": 0.0}  # lr 0: the weights stay the base's
+    train(_cfg(other, **over), tuned, init_from=base)
+    assert (tuned / "spm.model").read_bytes() == (base / "spm.model").read_bytes()
+    a, b = _weights(base, "best"), _weights(tuned)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    record = RunDir(tuned).read_log()[0]  # the first record
+    assert record["kind"] == "init" and record["optimizer"] == "fresh" and record["schedule_starts_at"] == {
+        "update": 0, "epoch": 1}
+    assert record["base_update"] == 10
+    kept = tmp_path / "kept"
+    train(_cfg(other, **over), kept, init_from=base, init_optimizer=True)
+    assert RunDir(kept).read_log()[0]["optimizer"].startswith("restored")
+    with pytest.raises(config_mod.ConfigError, match="model.d_model"):
+        train(_cfg(other, **over, **{"model.d_model": 48}), tmp_path / "bad", init_from=base)
 
 
 def test_train_again_after_the_end_is_a_no_op(prepared, tmp_path):

@@ -1,0 +1,420 @@
+"""Figures and Markdown reports from run files (matplotlib, Agg backend, imported lazily).
+
+``diagnose_report(folder)`` turns one ``diagnose.json`` (written by ``gapless.diagnose``) into
+PNG figures and ``report.md`` next to it; ``compare_report(folders, out)`` puts several models
+on the same figures, with one combined report.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from .checkpoint import atomic_write_text
+from .diagnose import DEFINITIONS
+
+FIGURES = {
+    "gap": "gap.png",
+    "gap_by_length": "gap_by_length.png",
+    "distractor": "distractor.png",
+    "beam_sweep": "beam_sweep.png",
+    "bleu_by_length": "bleu_by_length.png",
+    "prefix_swap": "prefix_swap.png",
+    "overcorrection": "overcorrection.png",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(result: dict) -> str:
+    return Path(result["run"]).name
+
+
+def _min_tokens(result: dict) -> int:
+    """Positions held by fewer sentences than this are left out of the curves (noise)."""
+    return max(1, min(20, result["sentences"] // 10))
+
+
+def _curve(rows: list[dict], key: str, min_tokens: int) -> tuple[list, list]:
+    keep = [r for r in rows if r["tokens"] >= min_tokens and r.get(key) is not None]
+    return [r["position"] for r in keep], [r[key] for r in keep]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _tick_labels(buckets: list[str], rows: list[dict]) -> list[str]:
+    """Bucket names with the first model's sentence count under them (all models share it)."""
+    count = {r["bucket"]: r["sentences"] for r in rows}
+    return [f"{b}\n(n={count[b]})" if b in count else b for b in buckets]
+
+
+def _colors(n: int) -> list:
+    return [f"C{i % 10}" for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------
+# figures: each takes a list of diagnose results (one per model) and a PNG path
+
+
+def plot_gap(results: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for result, color in zip(results, _colors(len(results))):
+        rows, m = result["gap"]["by_position"], _min_tokens(result)
+        name = _label(result)
+        x, tf = _curve(rows, "tf_acc", m)
+        ax1.plot(x, [100 * v for v in tf], "-o", ms=3, color=color,
+                 label=f"{name}: gold prefix (teacher forced)")
+        x, free = _curve(rows, "free_acc", m)
+        ax1.plot(x, [100 * v for v in free], "--s", ms=3, color=color,
+                 label=f"{name}: own greedy prefix")
+        x, gap = _curve(rows, "gap", m)
+        ax2.plot(x, [100 * v for v in gap], "-o", ms=3, color=color, label=name)
+    ax1.set_title("Token accuracy by target position: gold prefix vs the model's own output")
+    ax1.set_ylabel("token accuracy (%)")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.axhline(0, color="grey", lw=0.8)
+    ax2.set_title("Exposure-bias gap (teacher-forced minus free-running accuracy)")
+    ax2.set_xlabel("target position (subword tokens)")
+    ax2.xaxis.set_major_locator(_integer_ticks())
+    ax2.set_ylabel("gap (percentage points)")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _buckets(rows_per_model: list[list[dict]]) -> list[str]:
+    """Bucket names in order of first appearance over several models."""
+    names: list[str] = []
+    for rows in rows_per_model:
+        names += [r["bucket"] for r in rows if r["bucket"] not in names]
+    return names
+
+
+def plot_gap_by_length(results: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    buckets = _buckets([r["gap"]["by_bucket"] for r in results])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / len(results)
+    for k, (result, color) in enumerate(zip(results, _colors(len(results)))):
+        rows = {r["bucket"]: r for r in result["gap"]["by_bucket"]}
+        xs = [i for i, b in enumerate(buckets) if b in rows]
+        name = _label(result)
+        ax1.plot(xs, [100 * rows[buckets[i]]["tf_acc"] for i in xs], "-o", color=color,
+                 label=f"{name}: gold prefix")
+        ax1.plot(xs, [100 * rows[buckets[i]]["free_acc"] for i in xs], "--s", color=color,
+                 label=f"{name}: own prefix")
+        ax2.bar([i - 0.4 + width * (k + 0.5) for i in xs],
+                [100 * rows[buckets[i]]["gap"] for i in xs], width, color=color, label=name)
+    for ax in (ax1, ax2):
+        ax.set_xticks(range(len(buckets)), _tick_labels(buckets, results[0]["gap"]["by_bucket"]))
+        ax.set_xlabel("reference length (subword tokens)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax1.set_title("Token accuracy by reference length")
+    ax1.set_ylabel("token accuracy (%)")
+    ax2.set_title("Exposure-bias gap by reference length")
+    ax2.set_ylabel("gap (percentage points)")
+    return _save(fig, path)
+
+
+def plot_distractor(results: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for result, color in zip(results, _colors(len(results))):
+        rows, m, name = result["distractor"]["by_position"], _min_tokens(result), _label(result)
+        x, ref = _curve(rows, "ref_logprob", m)
+        ax1.plot(x, ref, "-o", ms=3, color=color, label=f"{name}: reference")
+        x, dis = _curve(rows, "distractor_logprob", m)
+        ax1.plot(x, dis, "--s", ms=3, color=color, label=f"{name}: same-length distractor")
+        x, margin = _curve(rows, "margin", m)
+        ax2.plot(x, margin, "-o", ms=3, color=color, label=name)
+    ax1.set_title("Per-step log-probability of the reference vs a distractor (same source)")
+    ax1.set_ylabel("mean log p(token | source, prefix) (nats)")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.axhline(0, color="grey", lw=0.8)
+    ax2.set_title("Margin: how much the source still decides the next token")
+    ax2.set_xlabel("target position (subword tokens)")
+    ax2.xaxis.set_major_locator(_integer_ticks())
+    ax2.set_ylabel("reference minus distractor (nats)")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_beam_sweep(results: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    beams: set[int] = set()
+    for result, color in zip(results, _colors(len(results))):
+        rows, name = result["beam_sweep"]["beams"], _label(result)
+        x = [r["beam"] for r in rows]
+        beams.update(x)
+        axes[0].plot(x, [r["bleu"] for r in rows], "-o", color=color, label=name)
+        axes[1].plot(x, [r["length_ratio"] for r in rows], "-o", color=color, label=name)
+        axes[2].plot(x, [100 * r["hallucination"] for r in rows], "-o", color=color,
+                     label=f"{name}: hallucination")
+        axes[2].plot(x, [100 * r["repetition"] for r in rows], ":^", color=color,
+                     label=f"{name}: repetition")
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[2].set_ylim(bottom=0)
+    titles = ("BLEU by beam size", "Length ratio (output / reference)",
+              "Hallucination and repetition")
+    ylabels = ("BLEU (sacreBLEU)", "length ratio (sys_len / ref_len)", "share of outputs (%)")
+    for ax, title, ylabel in zip(axes, titles, ylabels):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(beams), [str(b) for b in sorted(beams)])
+        ax.minorticks_off()
+        ax.set_title(title)
+        ax.set_xlabel("beam size (log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_bleu_by_length(results: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    buckets = _buckets([row["by_bucket"] for r in results for row in r["beam_sweep"]["beams"]])
+    for result, color in zip(results, _colors(len(results))):
+        rows = result["beam_sweep"]["beams"]
+        if len(results) > 1 and len(rows) > 2:  # several models: smallest and largest beam
+            rows = [rows[0], rows[-1]]
+        for style, row in zip(["-o", "--s", "-.^", ":v", "-x", "--d"] * 4, rows):
+            got = {b["bucket"]: b["bleu"] for b in row["by_bucket"]}
+            xs = [i for i, b in enumerate(buckets) if b in got]
+            ax.plot(xs, [got[buckets[i]] for i in xs], style,
+                    color=color if len(results) > 1 else None,
+                    label=f"{_label(result)}: beam {row['beam']}")
+    first = results[0]["beam_sweep"]["beams"]
+    ax.set_xticks(range(len(buckets)), _tick_labels(buckets, first[0]["by_bucket"] if first else []))
+    ax.set_title("BLEU by reference length")
+    ax.set_xlabel("reference length (subword tokens)")
+    ax.set_ylabel("BLEU (sacreBLEU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_prefix_swap(results: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for result, color in zip(results, _colors(len(results))):
+        rows = [r for r in result["prefix_swap"] if r["sentences"]]
+        name = _label(result)
+        x = [100 * r["cut"] for r in rows]
+        for ax, key, scale in ((ax1, "bleu", 1), (ax2, "acc", 100)):
+            ax.plot(x, [scale * r["gold"][key] for r in rows], "-o", color=color,
+                    label=f"{name}: after the gold prefix")
+            ax.plot(x, [scale * r["model"][key] for r in rows], "--s", color=color,
+                    label=f"{name}: after its own prefix")
+    ax1.set_title("Prefix swap: BLEU of the continuation")
+    ax1.set_ylabel("BLEU vs reference suffix")
+    ax2.set_title("Prefix swap: token accuracy of the continuation")
+    ax2.set_ylabel("token accuracy vs reference suffix (%)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("cut point (% of the reference length)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_overcorrection(results: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    keys = ("follow_gold", "restate_gold", "other", "tf_next_acc")
+    names = ("follows gold\n(ignores the swap)", "restates the\ngold word", "other",
+             "gold token kept\n(baseline)")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    width = 0.8 / len(results)
+    for ax, subset, title in zip(axes, ("all", "model_error"),
+                                 ("All positions: y_t replaced by the runner-up",
+                                  "Positions the model got wrong: y_t replaced by its choice")):
+        for k, (result, color) in enumerate(zip(results, _colors(len(results)))):
+            row = result["overcorrection"][subset]
+            if not row["positions"]:
+                continue
+            ax.bar([i - 0.4 + width * (k + 0.5) for i in range(len(keys))],
+                   [100 * row[key] for key in keys], width, color=color,
+                   label=f"{_label(result)} ({row['positions']} positions)")
+        ax.set_xticks(range(len(keys)), names, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("share of positions (%)")
+        ax.set_xlabel("the model's next token after the substitution")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle("Overcorrection probe: one gold-prefix token replaced by the model's alternative")
+    return _save(fig, path)
+
+
+PLOTS = {
+    "gap": plot_gap,
+    "gap_by_length": plot_gap_by_length,
+    "distractor": plot_distractor,
+    "beam_sweep": plot_beam_sweep,
+    "bleu_by_length": plot_bleu_by_length,
+    "prefix_swap": plot_prefix_swap,
+    "overcorrection": plot_overcorrection,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# the report
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if v is None:
+            return "-"
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
+def _sections(results: list[dict]) -> list[str]:
+    L = _label
+    gap_rows = []
+    for r in results:
+        g = r["gap"]
+        gap_rows.append([L(r), "all", g["sentences"], g["tokens"], _pct(g["tf_acc"]),
+                         _pct(g["free_acc"]), _pct(g["gap"])])
+        gap_rows += [[L(r), b["bucket"], b["sentences"], b["tokens"], _pct(b["tf_acc"]),
+                      _pct(b["free_acc"]), _pct(b["gap"])] for b in g["by_bucket"]]
+    dis_rows = [[L(r), r["distractor"]["sentences"], r["distractor"].get("ref_logprob"),
+                 r["distractor"].get("distractor_logprob"), r["distractor"].get("margin"),
+                 _pct(r["distractor"].get("ref_wins"))] for r in results]
+    beam_rows, bucket_rows = [], []
+    for r in results:
+        s = r["beam_sweep"]
+        for b in s["beams"]:
+            beam_rows.append([L(r), b["beam"], s["sentences"], b["bleu"], b["chrf"],
+                              b["length_ratio"], _pct(b["hallucination"]), _pct(b["repetition"]),
+                              _pct(b["empty"]), b["seconds"]])
+            bucket_rows += [[L(r), b["beam"], x["bucket"], x["sentences"], x["bleu"]]
+                            for x in b["by_bucket"]]
+    swap_rows = [[L(r), f"{100 * p['cut']:.0f}%", p["sentences"], _pct(p.get("same_prefix")),
+                  p.get("gold", {}).get("bleu"), p.get("model", {}).get("bleu"),
+                  p.get("gold", {}).get("chrf"), p.get("model", {}).get("chrf"),
+                  _pct(p.get("gold", {}).get("acc")), _pct(p.get("model", {}).get("acc"))]
+                 for r in results for p in r["prefix_swap"]]
+    over_rows = [[L(r), subset, o["positions"], _pct(o["follow_gold"]), _pct(o["restate_gold"]),
+                  _pct(o["other"]), _pct(o["tf_next_acc"]), o["next_gold_logprob"],
+                  o["next_gold_logprob_substituted"]]
+                 for r in results for subset, o in r["overcorrection"].items()]
+    calib = "; ".join(
+        f"{L(r)}: unrelated same-length references score {r['beam_sweep']['unrelated_chrf']} "
+        f"chrF on average, {_pct(r['beam_sweep']['unrelated_below_threshold']) or 0:.0f}% of "
+        f"them below {r['beam_sweep']['hallucination_chrf']:g}" for r in results)
+    return [
+        "## 1. Exposure-bias gap: gold prefix vs the model's own greedy output",
+        f"![gap]({FIGURES['gap']})\n\n![gap by length]({FIGURES['gap_by_length']})",
+        ("Reading: the own-prefix accuracy compares output and reference position by "
+         "position, so after the first inserted, dropped or rephrased word it also counts "
+         "misalignment, not only errors caused by the model's own prefix. The gap is therefore "
+         "largest as an absolute number for any imperfect model; compare it between models "
+         "(`--compare`) and next to the prefix swap (section 5), which asks the same question "
+         "without the alignment problem at the cut."),
+        "Token accuracy (%) by reference length bucket:",
+        _table(["model", "bucket", "sentences", "tokens", "gold-prefix acc", "own-prefix acc",
+                "gap (pp)"], gap_rows),
+        "## 2. Reference vs same-length distractor",
+        f"![distractor]({FIGURES['distractor']})",
+        ("A margin that shrinks along the sentence means the source decides less and the "
+         "target prefix more (Wang & Sennrich 2020); run with `--split` on an out-of-domain "
+         "test set (e.g. mscoco2017) to compare domains."),
+        ("Mean per-token log-probability (nats); ref wins = share of sentences whose "
+         "reference is more likely than the distractor:"),
+        _table(["model", "sentences", "reference", "distractor", "margin", "ref wins (%)"],
+               dis_rows),
+        "## 3. Beam sweep",
+        f"![beam sweep]({FIGURES['beam_sweep']})",
+        _table(["model", "beam", "sentences", "BLEU", "chrF", "length ratio",
+                "hallucination (%)", "repetition (%)", "empty (%)", "seconds"], beam_rows),
+        f"Calibration of the hallucination threshold: {calib}.",
+        "## 4. BLEU by reference length",
+        f"![BLEU by length]({FIGURES['bleu_by_length']})",
+        _table(["model", "beam", "bucket", "sentences", "BLEU"], bucket_rows),
+        "## 5. Prefix swap (He et al. 2021)",
+        f"![prefix swap]({FIGURES['prefix_swap']})",
+        _table(["model", "cut", "sentences", "same prefix (%)", "BLEU gold prefix",
+                "BLEU own prefix", "chrF gold prefix", "chrF own prefix", "acc gold prefix (%)", "acc own prefix (%)"], swap_rows),
+        "## 6. Overcorrection probe",
+        f"![overcorrection]({FIGURES['overcorrection']})",
+        _table(["model", "subset", "positions", "follows gold (%)", "restates gold (%)", "other (%)",
+                "gold kept: next acc (%)", "log p(y_t+1), gold", "log p(y_t+1), swapped"],
+               over_rows),
+        "## Definitions",
+        "\n".join(f"- **{k}**: {v}" for k, v in DEFINITIONS.items()),
+    ]
+
+
+def _write_report(results: list[dict], out: Path, title: str, command: str, intro: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    for key, plot in PLOTS.items():
+        plot(results, out / FIGURES[key])
+    text = "\n\n".join([f"# {title}", f"Regenerate with:\n\n```\n{command}\n```", intro,
+                        *_sections(results)]) + "\n"
+    atomic_write_text(out / "report.md", text)
+    return out / "report.md"
+
+
+def _intro(result: dict) -> str:
+    seconds = result.get("seconds", {})
+    timing = ", ".join(f"{k} {v} s" for k, v in seconds.items())
+    return (f"- **{_label(result)}** (`{result['run']}`): {result['sentences']} of "
+            f"{result['corpus_sentences']} sentences of `{result['split']}`; measured in "
+            f"{result['total_seconds']} s ({timing}).")
+
+
+def diagnose_report(folder: str | Path) -> Path:
+    """Figures + report.md for the diagnose.json in ``folder``; returns the report's path."""
+    folder = Path(folder)
+    result = json.loads((folder / "diagnose.json").read_text())
+    return _write_report([result], folder, f"Exposure-bias diagnosis: {_label(result)} on "
+                         f"{result['split']}", result["command"], _intro(result))
+
+
+def compare_report(folders: list[str | Path], out: str | Path) -> Path:
+    """Several diagnose.json folders on the same figures, one report in ``out``."""
+    results = [json.loads((Path(f) / "diagnose.json").read_text()) for f in folders]
+    splits = sorted({r["split"] for r in results})
+    s = results[0]["settings"]
+    command = ["gapless", "diagnose", "--compare", *[r["run"] for r in results], "--out",
+               str(out), "--split", s["split"], "--beams", ",".join(map(str, s["beams"]))]
+    if s["max_sentences"] is not None:
+        command += ["--max-sentences", str(s["max_sentences"])]
+    if s.get("sweep_sentences") is not None:
+        command += ["--sweep-sentences", str(s["sweep_sentences"])]
+    title = f"Exposure-bias comparison on {', '.join(splits)}: " + ", ".join(map(_label, results))
+    intro = "\n".join(_intro(r) for r in results)
+    if any(r["settings"] != s for r in results):
+        intro += ("\n\n**Warning**: the runs were measured with different settings "
+                  "(split, sentences, beams or checkpoint); their numbers are not comparable.")
+    return _write_report(results, Path(out), title, shlex.join(command), intro)

@@ -64,7 +64,8 @@ def base_scores(spec: dict, base: Path, runs: Path) -> dict:
     done = runs / "base.json"
     if done.is_file():
         return json.loads(done.read_text())
-    cfg = config_mod.load(base / "config.yaml")
+    data = {k: v for k, v in spec.get("common", {}).items() if k.startswith("data.")}
+    cfg = config_mod.load(base / "config.yaml", data)  # the fine-tunes' corpus, if changed
     translator = load(base, "best", dtype=spec.get("dtype", "fp32"))
     scores = {}
     for split in spec["splits"]:
@@ -113,6 +114,28 @@ def table(spec: dict, base: dict, results: list[dict]) -> str:
     return "\n".join(lines) + f"\n\nsacreBLEU signature: `{signature}`\n"
 
 
+def paired_table(spec: dict, results: list[dict], reference: str = "teacher_forcing") -> str:
+    """Markdown: per method, BLEU minus the reference method's BLEU *of the same seed* (same
+    data order and initial weights), mean ± sd and how many seeds gained, per split."""
+    splits = spec["splits"]
+    ref = {r["seed"]: r for r in results if r["method"] == reference}
+    lines = ["| method - " + reference + " | " + " | ".join(splits) + " |",
+             "|" + "---|" * (len(splits) + 1)]
+    for method in spec["methods"]:
+        rows = [r for r in results if r["method"] == method and r["seed"] in ref]
+        if method == reference or not rows:
+            continue
+        cells = []
+        for split in splits:
+            d = [r["scores"][split]["bleu"] - ref[r["seed"]]["scores"][split]["bleu"]
+                 for r in rows]
+            sd = statistics.stdev(d) if len(d) > 1 else 0.0
+            cells.append(f"{statistics.fmean(d):+.2f} ± {sd:.2f} ({sum(x > 0 for x in d)}/"
+                         f"{len(d)} up)")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spec")
@@ -135,6 +158,8 @@ def main() -> None:
             print(json.dumps({k: results[-1][k] for k in ("method", "seed", "scores")}),
                   flush=True)
     md = table(spec, base_row, results)
+    if any(r["method"] == "teacher_forcing" for r in results):
+        md += "\nPaired by seed:\n\n" + paired_table(spec, results)
     atomic_write_text(runs / "results.json", json.dumps(
         {"spec": spec, "base": str(base), "base_scores": base_row, "runs": results}, indent=1))
     if args.markdown:

@@ -99,7 +99,7 @@ def cmd_diagnose(args, overrides) -> int:
         return 2
     settings = {"split": args.split, "max_sentences": args.max_sentences, "beams": args.beams,
                 "sweep_sentences": args.sweep_sentences, "checkpoint": args.checkpoint,
-                "device": args.device}
+                "device": args.device, "dtype": args.dtype}
     if args.compare:
         folders = [diagnose(run, load, reuse=True, **settings) for run in args.compare]
         print(compare_report(folders, args.out))
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-sentences", type=int, help="beam sweep on the first N only")
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.set_defaults(fn=cmd_diagnose)
     p = sub.add_parser("explain", help="the notes' Transformer claims as experiments")
     p.add_argument("claims", nargs="*", help="claim names (default: all; see gapless.explain)")

@@ -44,10 +44,14 @@ TF_BATCH = 64  # sentences (or probe variants) per teacher-forced pass
 
 DEFINITIONS = {
     "tf_acc": "teacher-forced token accuracy at position t: argmax p(. | x, y_<t) == y_t",
-    "free_acc": "free-running accuracy at position t: the model's greedy output token at "
-    "position t == y_t, aligned by position (an output shorter than t counts as wrong); "
-    "an inserted or dropped token shifts the alignment, so this also counts misalignment",
-    "gap": "tf_acc - free_acc (token-weighted over positions, sentences or buckets); zero for "
+    "free_acc": "free-running accuracy at position t: y_t is matched in a longest common "
+    "subsequence alignment of the model's greedy output with the reference (order kept, "
+    "so an inserted or dropped word does not turn every later token into an error)",
+    "free_pos_acc": "the stricter position-aligned variant: the greedy output token at "
+    "position t == y_t (an output shorter than t counts as wrong); one inserted or dropped "
+    "token shifts everything after it, so this also counts misalignment",
+    "gap": "tf_acc - free_acc (token-weighted over positions, sentences or buckets; gap_pos "
+    "likewise with free_pos_acc); zero for "
     "a model whose greedy output is the reference",
     "distractor": "for each sentence, the next sentence (in corpus order, cyclically) of the "
     "evaluated set whose reference has the same number of tokens; per-step log-prob "
@@ -242,21 +246,47 @@ def _position_table(correct: dict[str, list[list[bool]]]) -> list[dict]:
             row[name] = _rate(sum(lists[i][t] for i in have), len(have))
         if "tf_acc" in row and "free_acc" in row:
             row["gap"] = round(row["tf_acc"] - row["free_acc"], 4)
+        if "tf_acc" in row and "free_pos_acc" in row:
+            row["gap_pos"] = round(row["tf_acc"] - row["free_pos_acc"], 4)
         rows.append(row)
     return rows
 
 
-def _accuracy_summary(tf: list[list[bool]], free: list[list[bool]]) -> dict:
+def _accuracy_summary(tf: list[list[bool]], free: list[list[bool]],
+                      free_pos: list[list[bool]]) -> dict:
     tokens = sum(len(c) for c in tf)
     tf_acc = _rate(sum(map(sum, tf)), tokens)
     free_acc = _rate(sum(map(sum, free)), tokens)
+    free_pos_acc = _rate(sum(map(sum, free_pos)), tokens)
     gap = round(tf_acc - free_acc, 4) if tokens else None
+    gap_pos = round(tf_acc - free_pos_acc, 4) if tokens else None
     return {"sentences": len(tf), "tokens": tokens, "tf_acc": tf_acc, "free_acc": free_acc,
-            "gap": gap}
+            "gap": gap, "free_pos_acc": free_pos_acc, "gap_pos": gap_pos}
 
 
 def _aligned(hyp: list[int], ref: list[int]) -> list[bool]:
+    """Position-aligned: hyp[t] == ref[t]."""
     return [t < len(hyp) and hyp[t] == y for t, y in enumerate(ref)]
+
+
+def _lcs_matched(hyp: list[int], ref: list[int]) -> list[bool]:
+    """Per reference token: matched in a longest common subsequence of hyp and ref."""
+    n, m = len(ref), len(hyp)
+    table = [[0] * (m + 1) for _ in range(n + 1)]  # LCS length of ref[i:], hyp[j:]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            table[i][j] = (table[i + 1][j + 1] + 1 if ref[i] == hyp[j]
+                           else max(table[i + 1][j], table[i][j + 1]))
+    matched, i, j = [False] * n, 0, 0
+    while i < n and j < m:
+        if ref[i] == hyp[j]:
+            matched[i] = True
+            i, j = i + 1, j + 1
+        elif table[i + 1][j] >= table[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return matched
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,17 +321,20 @@ def exposure_gap(refs: list[list[int]], tf_pred: list[list[int]], greedy: list[l
                  edges: Sequence[int] = BUCKET_EDGES) -> dict:
     """Teacher-forced vs free-running token accuracy by position, overall and by bucket."""
     tf = [[p == y for p, y in zip(pred, ref)] for pred, ref in zip(tf_pred, refs)]
-    free = [_aligned(h, ref) for h, ref in zip(greedy, refs)]
-    result = {**_accuracy_summary(tf, free),
-              "by_position": _position_table({"tf_acc": tf, "free_acc": free}),
+    free = [_lcs_matched(h, ref) for h, ref in zip(greedy, refs)]
+    free_pos = [_aligned(h, ref) for h, ref in zip(greedy, refs)]
+    result = {**_accuracy_summary(tf, free, free_pos),
+              "by_position": _position_table({"tf_acc": tf, "free_acc": free,
+                                              "free_pos_acc": free_pos}),
               "by_bucket": []}
     for b, name in enumerate(bucket_names(edges)):
         idx = [i for i, r in enumerate(refs) if bucket_of(len(r), edges) == b]
         if idx:
-            sub_tf, sub_free = [tf[i] for i in idx], [free[i] for i in idx]
+            sub = [[lists[i] for i in idx] for lists in (tf, free, free_pos)]
             result["by_bucket"].append({
-                "bucket": name, **_accuracy_summary(sub_tf, sub_free),
-                "by_position": _position_table({"tf_acc": sub_tf, "free_acc": sub_free})})
+                "bucket": name, **_accuracy_summary(*sub),
+                "by_position": _position_table({"tf_acc": sub[0], "free_acc": sub[1],
+                                                "free_pos_acc": sub[2]})})
     return result
 
 
@@ -515,6 +548,7 @@ def diagnose(
     checkpoint: str = "best",
     device: str = "auto",
     reuse: bool = False,
+    dtype: str = "fp32",
 ) -> Path:
     """Measure a run on a split of its corpus; write ``RUN/diagnose/<split>/diagnose.json``
     and return that folder. ``load`` is ``gapless.evaluate.load`` (passed in by the caller,
@@ -524,7 +558,7 @@ def diagnose(
         raise FileNotFoundError(f"{run.path}: not a run directory (no config.yaml)")
     out = output_dir(run_dir, split)
     settings = {"split": split, "max_sentences": max_sentences, "beams": list(beams),
-                "sweep_sentences": sweep_sentences, "checkpoint": checkpoint}
+                "sweep_sentences": sweep_sentences, "checkpoint": checkpoint, "dtype": dtype}
     if reuse and (out / "diagnose.json").is_file():
         old = json.loads((out / "diagnose.json").read_text())
         if old.get("settings") == settings:
@@ -538,7 +572,7 @@ def diagnose(
     corpus_sentences = len(src_text)
     keep = select(corpus_sentences, max_sentences)
     src_text, ref_text = [src_text[i] for i in keep], [ref_text[i] for i in keep]
-    translator = load(run_dir, checkpoint, device)
+    translator = load(run_dir, checkpoint, device, dtype)
     probe = ModelProbe(translator)
     vocab = translator.vocab
     start = time.perf_counter()
@@ -552,6 +586,8 @@ def diagnose(
         command += ["--sweep-sentences", str(sweep_sentences)]
     if checkpoint != "best":
         command += ["--checkpoint", checkpoint]
+    if dtype != "fp32":
+        command += ["--dtype", dtype]
     result = {
         "run": str(run.path), "name": cfg.name, "split": split, "source": str(src_path),
         "reference": str(ref_path), "corpus_sentences": corpus_sentences,

@@ -258,7 +258,8 @@ class Attention(nn.Module):
                 k, v = cache["cross_k"], cache["cross_v"]
             else:
                 k, v = (self._heads(t) for t in self.proj.cross_kv(memory))
-                if cache is not None:
+                if cache is not None:  # contiguous once, so no step copies them for matmul
+                    k, v = k.contiguous(), v.contiguous()
                     cache["cross_k"], cache["cross_v"] = k, v
         else:
             q, k, v = (self._heads(t) for t in self.proj.self_qkv(x))

@@ -451,3 +451,4 @@ def test_sampling_search_reproducible_and_valid():
         assert all(t not in (PAD, BOS, EOS) for t in h.tokens) and len(h.tokens) <= 6
     runs = [tuple(tuple(h.tokens) for h in run(seed)) for seed in range(1, 6)]
     assert len(set(runs)) > 1
+

@@ -267,3 +267,31 @@ def test_cli_diagnose_usage_errors(capsys):
     assert main(["diagnose"]) == 2
     assert main(["diagnose", "--compare", "a", "b"]) == 2
     assert "--compare" in capsys.readouterr().err
+
+
+def dropping(src, prefix):
+    """Skips y_2, otherwise copies: on the gold prefix it predicts y_3 at position 2; after
+    its own prefix (y_1 y_3 ...) it keeps copying from one token further on."""
+    t = len(prefix)
+    if prefix == src[:t]:
+        if t == 1 and len(src) > 2:
+            return src[2]
+        return src[t] if t < len(src) else EOS
+    return src[t + 1] if t + 1 < len(src) else EOS
+
+
+def test_a_dropped_word_is_not_counted_as_every_later_token_wrong(data):
+    """The LCS-aligned own-prefix accuracy loses only the dropped token (no gap beyond
+    teacher forcing's own error); the position-aligned variant counts all later tokens."""
+    refs = data[0]
+    g = _measure(dropping, data)["gap"]
+    tokens, n = sum(map(len, refs)), len(refs)
+    assert g["tf_acc"] == pytest.approx((tokens - n) / tokens, abs=1e-4)
+    assert g["free_acc"] == pytest.approx((tokens - n) / tokens, abs=1e-4)
+    assert g["gap"] == pytest.approx(0.0, abs=1e-4)
+    # position by position, the shifted output (y_1 y_3 y_4 ...) is right only where a
+    # reference happens to repeat a token (y_t == y_t+1) and at y_1
+    hyps = [r[:1] + r[2:] for r in refs]
+    in_place = sum(h == y for hyp, ref in zip(hyps, refs) for h, y in zip(hyp, ref))
+    assert g["free_pos_acc"] == pytest.approx(in_place / tokens, abs=1e-4)
+    assert g["gap_pos"] > 0.5

@@ -22,14 +22,15 @@ import yaml
 
 from gapless import config as config_mod
 from gapless.checkpoint import RunDir, atomic_write_text
-from gapless.corpora import split_paths
-from gapless.data import read_parallel
-from gapless.evaluate import evaluate, load
-from gapless.metrics import corpus_scores
+from gapless.evaluate import evaluate, load, score_split
 from gapless.train import train
 
 LOGGED = ("replaced", "pred_differs", "oracle_bleu", "oracle_searched", "p_gold",
           "s_per_update", "step_vs_tf")
+
+
+def _brief(result: dict) -> dict:
+    return {"bleu": result["bleu"], "chrf": result["chrf"], "signature": result["bleu_signature"]}
 
 
 def run_one(spec: dict, base: Path, run_dir: Path, method: str, seed: int) -> dict:
@@ -47,7 +48,7 @@ def run_one(spec: dict, base: Path, run_dir: Path, method: str, seed: int) -> di
     scores = {}
     for split in spec["splits"]:
         r = evaluate(run_dir, split, translator=translator, beam=spec.get("beam", 5))
-        scores[split] = {"bleu": r["bleu"], "chrf": r["chrf"], "signature": r["bleu_signature"]}
+        scores[split] = _brief(r)
     records = [r for r in RunDir(run_dir).read_log() if r["kind"] == "train"]
     logged = {k: round(statistics.fmean(r[k] for r in records if r.get(k) is not None), 4)
               for k in LOGGED if any(r.get(k) is not None for r in records)}
@@ -68,13 +69,9 @@ def base_scores(spec: dict, base: Path, runs: Path) -> dict:
     cfg = config_mod.load(base / "config.yaml", data)  # the fine-tunes' corpus, if changed
     translator = load(base, "best", dtype=spec.get("dtype", "fp32"))
     scores = {}
-    for split in spec["splits"]:
-        corpus, _, name = split.rpartition(":")
-        d = cfg.data
-        src, ref = read_parallel(*split_paths(corpus or d.corpus, name, d.src_lang, d.tgt_lang,
-                                              d.data_dir, d.download))
-        s = corpus_scores(translator.translate(src, beam=spec.get("beam", 5)), ref)
-        scores[split] = {"bleu": s.bleu, "chrf": s.chrf, "signature": s.bleu_signature}
+    for split in spec["splits"]:  # scored, not written into the base's eval/
+        scores[split] = _brief(score_split(translator, cfg.data, split,
+                                           beam=spec.get("beam", 5))[0])
     result = {"method": "base (no fine-tune)", "seed": None, "scores": scores}
     atomic_write_text(done, json.dumps(result, indent=1))
     return result

@@ -12,7 +12,7 @@ import torch
 
 from . import config as config_mod
 from .checkpoint import RunDir, atomic_write_text
-from .config import Config, DecodeConfig
+from .config import Config, DataConfig, DecodeConfig
 from .corpora import split_paths
 from .data import EOS, Vocab, pad_sequences, read_lines, read_parallel, sentence_batches
 from .decode import ModelStepper, beam_search, greedy_search, make_sampler
@@ -131,6 +131,30 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
     return Translator(model, Vocab(run.spm_model), cfg.decode, resolve_device(device), dtype)
 
 
+def score_split(
+    translator: Translator, data: DataConfig, split: str, **decode_kwargs
+) -> tuple[dict, list[str]]:
+    """Translate ``split`` of corpus ``data.corpus`` (or ``CORPUS:SPLIT``) and score it against
+    the raw references: (result with BLEU, chrF, signatures and speed; hypotheses)."""
+    corpus, _, name = split.rpartition(":")
+    src_path, ref_path = split_paths(corpus or data.corpus, name, data.src_lang, data.tgt_lang,
+                                     data.data_dir, data.download)
+    src, ref = read_parallel(src_path, ref_path)
+    start = time.perf_counter()
+    hyps = translator.translate(src, **decode_kwargs)
+    seconds = time.perf_counter() - start
+    result = {
+        "split": split,
+        "source": str(src_path),
+        "reference": str(ref_path),
+        "sentences": len(src),
+        "decode_seconds": round(seconds, 3),
+        "sentences_per_second": round(len(src) / seconds, 2),
+        **corpus_scores(hyps, ref).to_dict(),
+    }
+    return result, hyps
+
+
 def evaluate(
     run_dir: str | Path, split: str, checkpoint: str = "best", device: str = "auto",
     dtype: str = "fp32", translator: Translator | None = None, **decode_kwargs,
@@ -142,29 +166,12 @@ def evaluate(
     run = RunDir(run_dir)
     translator = translator or load(run_dir, checkpoint, device, dtype)
     cfg = config_mod.load(run.config)
-    d = cfg.data
-    corpus, _, name = split.rpartition(":")
-    src_path, ref_path = split_paths(corpus or d.corpus, name, d.src_lang, d.tgt_lang,
-                                     d.data_dir, d.download)
-    split = split.replace(":", ".")  # the file name
-    src, ref = read_parallel(src_path, ref_path)
-    start = time.perf_counter()
-    hyps = translator.translate(src, **decode_kwargs)
-    seconds = time.perf_counter() - start
-    score = corpus_scores(hyps, ref)
+    result, hyps = score_split(translator, cfg.data, split, **decode_kwargs)
+    result["decode"] = {**cfg.decode.__dict__, **decode_kwargs}
+    name = result["split"] = split.replace(":", ".")  # the file name
     run.eval.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.eval / f"{split}.hyp", "".join(h + "\n" for h in hyps))
-    result = {
-        "split": split,
-        "source": str(src_path),
-        "reference": str(ref_path),
-        "sentences": len(src),
-        "decode_seconds": round(seconds, 3),
-        "sentences_per_second": round(len(src) / seconds, 2),
-        **score.to_dict(),
-        "decode": {**cfg.decode.__dict__, **decode_kwargs},
-    }
-    atomic_write_text(run.eval / f"{split}.json", json.dumps(result, indent=1))
+    atomic_write_text(run.eval / f"{name}.hyp", "".join(h + "\n" for h in hyps))
+    atomic_write_text(run.eval / f"{name}.json", json.dumps(result, indent=1))
     return result
 
 

@@ -89,18 +89,25 @@ def plot_gap(results: list[dict], path: Path) -> Path:
                  label=f"{name}: own greedy output (LCS-aligned)")
         x, gap = _curve(rows, "gap", m)
         ax2.plot(x, [100 * v for v in gap], "-o", ms=3, color=color, label=name)
-    ax1.set_title("Token accuracy by target position: gold prefix vs the model's own output")
-    ax1.set_ylabel("token accuracy (%)")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3)
+    _style_pair(ax1, ax2,
+                ("Token accuracy by target position: gold prefix vs the model's own output",
+                 "token accuracy (%)"),
+                ("Exposure-bias gap (teacher-forced minus free-running accuracy)",
+                 "gap (percentage points)"))
+    return _save(fig, path)
+
+
+def _style_pair(ax1, ax2, top: tuple[str, str], bottom: tuple[str, str]) -> None:
+    """Two panels over target position: curves on top, their difference below (title, y
+    label of each)."""
+    for ax, (title, ylabel) in ((ax1, top), (ax2, bottom)):
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     ax2.axhline(0, color="grey", lw=0.8)
-    ax2.set_title("Exposure-bias gap (teacher-forced minus free-running accuracy)")
     ax2.set_xlabel("target position (subword tokens)")
     ax2.xaxis.set_major_locator(_integer_ticks())
-    ax2.set_ylabel("gap (percentage points)")
-    ax2.legend(fontsize=8)
-    ax2.grid(alpha=0.3)
-    return _save(fig, path)
 
 
 def _buckets(rows_per_model: list[list[dict]]) -> list[str]:
@@ -149,17 +156,11 @@ def plot_distractor(results: list[dict], path: Path) -> Path:
         ax1.plot(x, dis, "--s", ms=3, color=color, label=f"{name}: same-length distractor")
         x, margin = _curve(rows, "margin", m)
         ax2.plot(x, margin, "-o", ms=3, color=color, label=name)
-    ax1.set_title("Per-step log-probability of the reference vs a distractor (same source)")
-    ax1.set_ylabel("mean log p(token | source, prefix) (nats)")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3)
-    ax2.axhline(0, color="grey", lw=0.8)
-    ax2.set_title("Margin: how much the source still decides the next token")
-    ax2.set_xlabel("target position (subword tokens)")
-    ax2.xaxis.set_major_locator(_integer_ticks())
-    ax2.set_ylabel("reference minus distractor (nats)")
-    ax2.legend(fontsize=8)
-    ax2.grid(alpha=0.3)
+    _style_pair(ax1, ax2,
+                ("Per-step log-probability of the reference vs a distractor (same source)",
+                 "mean log p(token | source, prefix) (nats)"),
+                ("Margin: how much the source still decides the next token",
+                 "reference minus distractor (nats)"))
     return _save(fig, path)
 
 

@@ -80,18 +80,12 @@ class LossModule(nn.Module):
         super().__init__()
         self.model, self.strategy, self.eps = model, strategy, eps
         self.strategy_seconds = 0.0  # wall time inside decoder_inputs (first pass, oracle)
+        self._events: list = []  # CUDA (start, end) event pairs, read at the next log
 
     def forward(self, batch, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
         memory, src_mask = self.model.encode(batch.src)
         tgt_mask = batch.tgt_out.ne(PAD)  # from gold lengths, never from mixed inputs
-        timed = not isinstance(self.strategy, TeacherForcing)
-        if timed and memory.is_cuda:
-            torch.cuda.synchronize(memory.device)
-        start = time.perf_counter()
-        inputs = self.strategy.decoder_inputs(self.model, batch, memory, src_mask, progress)
-        if timed and memory.is_cuda:
-            torch.cuda.synchronize(memory.device)
-        self.strategy_seconds += time.perf_counter() - start
+        inputs = self._timed_inputs(batch, memory, src_mask, progress)
         hidden = self.model.decode_hidden(inputs, memory, src_mask, tgt_mask)  # [B,T,D]
         logits = self.model.project(hidden[tgt_mask])  # [N,V]: only real target tokens
         loss, nll = label_smoothed_nll(logits, batch.tgt_out[tgt_mask], self.eps)
@@ -100,6 +94,25 @@ class LossModule(nn.Module):
             loss = loss + weight * label_smoothed_nll(extra_logits, batch.tgt_out[tgt_mask],
                                                       self.eps)[0]
         return loss, nll
+
+
+    def _timed_inputs(self, batch, memory, src_mask, progress):
+        """The strategy's decoder inputs, its time added up (not for teacher forcing; on CUDA
+        with events, so the step never waits for the device)."""
+        ask = self.strategy.decoder_inputs
+        if isinstance(self.strategy, TeacherForcing):
+            return ask(self.model, batch, memory, src_mask, progress)
+        if memory.is_cuda:
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            inputs = ask(self.model, batch, memory, src_mask, progress)
+            end.record()
+            self._events.append((start, end))
+            return inputs
+        start = time.perf_counter()
+        inputs = ask(self.model, batch, memory, src_mask, progress)
+        self.strategy_seconds += time.perf_counter() - start
+        return inputs
 
 
 def inverse_sqrt(update: int, peak: float, warmup: int) -> float:
@@ -325,9 +338,10 @@ def train(
             if bar is not None:
                 bar.update(1)
 
+            if state.update % t.log_every == 0:  # every rank: the timing state is reset
+                secs = time.perf_counter() - interval["start"]
+                cost = _strategy_cost(loss_module, secs, interval["updates"])
             if state.update % t.log_every == 0 and ddp.main:
-                now = time.perf_counter()
-                secs = now - interval["start"]
                 local_tokens = interval["tokens"] / ddp.world
                 record = {
                     "kind": "train", "update": state.update, "epoch": state.epoch,
@@ -338,7 +352,7 @@ def train(
                     "elapsed_s": round(state.elapsed_s, 1),
                     **({"grad_norm": round(float(grad_norm), 3)} if grad_norm is not None else {}),
                     **strategy.stats(),
-                    **_strategy_cost(loss_module, secs, interval["updates"]),
+                    **cost,
                 }
                 run.append_log(record)
                 if bar is not None:
@@ -384,6 +398,10 @@ def _strategy_cost(loss_module: LossModule, seconds: float, updates: int) -> dic
     """The strategy's share of the interval: its seconds per update and the step time relative
     to the same step without it (a teacher-forcing step), ``step / (step - strategy)``."""
     spent, loss_module.strategy_seconds = loss_module.strategy_seconds, 0.0
+    if loss_module._events:
+        loss_module._events[-1][1].synchronize()
+        spent += sum(a.elapsed_time(b) for a, b in loss_module._events) / 1000
+        loss_module._events = []
     if isinstance(loss_module.strategy, TeacherForcing) or not updates:
         return {}
     rest = max(seconds - spent, 1e-9)

@@ -12,7 +12,8 @@ per batch, 2 threads, beam 5 (and greedy here), in two length modes:
 * ``cap50`` (optional): at most 50 pieces.
 
 Every combination of beam x mode x cache (on / off) x dtype (fp32 / bf16) decodes through
-``Translator.translate_ids`` (gapless's real decoding path). "cache off" swaps in
+``Translator.translate_ids`` of ``gapless.load(run, dtype=...)`` (gapless's real decoding path,
+as ``gapless translate/evaluate --dtype`` run it: bf16 = weights cast to bf16). "cache off" swaps in
 ``UncachedStepper`` below, which implements the same Stepper protocol as
 ``gapless.decode.ModelStepper`` but re-runs the decoder over the whole prefix at every step (as
 JoeyNMT 2.3 does). Reported: sentences/s (text in -> text out: SentencePiece encode, search,
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     from gapless.checkpoint import RunDir
     from gapless.corpora import split_paths
     from gapless.data import read_parallel
-    from gapless.evaluate import Translator, load
+    from gapless.evaluate import load
     from gapless.metrics import corpus_scores
     from gapless.model import count_parameters
 
@@ -147,7 +148,9 @@ def main(argv=None) -> int:
 
     results, cached_hyps = [], {}
     for dtype in args.dtypes.split(","):
-        translator = Translator(model, vocab, cfg.decode, device, dtype)
+        # what `gapless translate/evaluate --dtype` run: ``load`` casts the weights for bf16
+        # (native bf16 inference, no autocast re-casting activations at every linear)
+        translator = load(args.run, args.checkpoint, args.device, dtype)
         for beam in (int(b) for b in args.beams.split(",")):
             for mode in args.modes.split(","):
                 for cache in args.cache.split(","):

@@ -1,12 +1,16 @@
 """Training-step time and peak memory per strategy, as ratios to a teacher-forcing step.
 
 The real step (gapless.train.LossModule + Adam + autocast) on the same Multi30k batches for
-every strategy, each strategy in a fresh process (its own peak RSS). Prints one JSON document.
+every strategy. Time: all strategies in *one* process, interleaved step by step (round r runs
+every strategy once on batch r, in a rotating order), so machine drift hits all alike; the
+ratio of a round is its step time over the teacher-forcing step of the same round, and the
+figures are the median over rounds and the ratio of mean step times (amortised: the cached
+oracle's steps differ by design). Memory: each strategy in a fresh process (its own peak RSS).
+Prints one JSON document.
 
 The batches cycle through ``--cycle`` distinct batches (an "epoch" of that many updates) so the
 cached sentence oracle (``oracle_refresh``) meets its sentences again: refreshed every
-``4 x cycle`` updates, a quarter of the measured steps search (amortised cost: the *mean* step
-time, since the steps differ by design; the other ratios use medians).
+``4 x cycle`` updates, a quarter of the measured steps search.
 
     .venv/bin/python benchmarks/strategy_speed.py --run runs/NAME   # a prepared run directory
 """
@@ -38,41 +42,102 @@ STRATEGIES = {
 MIXING = {"strategy.schedule": "constant", "strategy.k": 0.5}
 
 
-def worker(run: str, overrides: dict, steps: int, warmup: int, dtype: str, cycle: int) -> dict:
+def _setup(run: str, names: list[str], cycle: int):
+    """(prepared data, batches, {name: (loss module, optimizer)}), every model from seed 1."""
     import torch
 
     from gapless import config as config_mod
-    from gapless.data import collate, token_batches
-    from gapless.evaluate import autocast, build_model
+    from gapless.data import token_batches
+    from gapless.evaluate import build_model
     from gapless.prepare import prepare
-    from gapless.schedules import Progress
     from gapless.strategies import build_strategy
     from gapless.train import LossModule
 
-    cfg = config_mod.load(f"{run}/config.yaml", overrides)
-    prep = prepare(cfg, run)
-    torch.manual_seed(1)
-    model = build_model(cfg).train()
-    loss_module = LossModule(model, build_strategy(cfg.strategy), cfg.train.label_smoothing)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    data = prep.train
+    steps = {}
+    for name in names:
+        cfg = config_mod.load(f"{run}/config.yaml", overrides(name, cycle))
+        torch.manual_seed(1)
+        model = build_model(cfg).train()
+        module = LossModule(model, build_strategy(cfg.strategy), cfg.train.label_smoothing)
+        steps[name] = (module, torch.optim.Adam(model.parameters(), lr=1e-4))
+    data = prepare(cfg, run).train
     batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)[:cycle]
-    device = torch.device("cpu")
-    times = []
+    return data, batches, steps
+
+
+def _step(module, opt, batch, update: int, dtype: str) -> float:
+    import torch
+
+    from gapless.evaluate import autocast
+    from gapless.schedules import Progress
+
+    start = time.perf_counter()
+    with autocast(torch.device("cpu"), dtype):
+        loss, _ = module(batch, Progress(update, 10))
+    (loss / batch.n_tokens).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def overrides(name: str, cycle: int) -> dict:
+    over = STRATEGIES[name]
+    out = {**over, **(MIXING if over else {})}
+    if out.get("strategy.oracle_refresh") == -1:  # search every 4th visit
+        out["strategy.oracle_refresh"] = 4 * cycle
+    return out
+
+
+def interleaved(run: str, steps: int, warmup: int, dtype: str, cycle: int) -> dict:
+    """Step times of every strategy, interleaved round by round in this process."""
+    from gapless.data import collate
+
+    names = list(STRATEGIES)
+    data, batches, modules = _setup(run, names, cycle)
+    times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(warmup + steps):
         batch = collate(data, batches[i % cycle])
-        start = time.perf_counter()
-        with autocast(device, dtype):
-            loss, _ = loss_module(batch, Progress(i, 10))
-        (loss / batch.n_tokens).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return {"s_per_step_median": statistics.median(times),
-            "s_per_step_mean": statistics.fmean(times), "s_per_step": times,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "stats": {k: v for k, v in loss_module.strategy.stats().items()}}
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:  # rotate who runs first
+            t = _step(*modules[name], batch, i, dtype)
+            if i >= warmup:
+                times[name].append(t)
+    tf = times["teacher_forcing"]
+    out = {}
+    for name in names:
+        ratios = [t / b for t, b in zip(times[name], tf)]
+        out[name] = {
+            "s_per_step_median": statistics.median(times[name]),
+            "s_per_step_mean": statistics.fmean(times[name]),
+            "s_per_step": times[name],
+            "step_ratio_to_tf": round(statistics.median(ratios), 3),
+            "mean_step_ratio_to_tf": round(statistics.fmean(times[name]) / statistics.fmean(tf), 3),
+            "stats": modules[name][0].strategy.stats(),
+        }
+    return out
+
+
+def memory(run: str, name: str, steps: int, dtype: str, cycle: int) -> float:
+    """Peak RSS (MB) of a fresh process running ``steps`` steps of one strategy."""
+    from gapless.data import collate
+
+    data, batches, modules = _setup(run, [name], cycle)
+    for i in range(steps):
+        _step(*modules[name], collate(data, batches[i % cycle]), i, dtype)
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (per address space, so a child does not inherit its
+    parent's peak, as ru_maxrss does across fork + exec), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -82,33 +147,33 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--cycle", type=int, default=4, help="distinct batches, cycled")
     p.add_argument("--dtype", default="bf16")
+    p.add_argument("--memory-steps", type=int, default=4)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.run, json.loads(args.worker), args.steps, args.warmup,
-                                args.dtype, args.cycle)))
+    if args.worker:  # one strategy's peak memory, in a fresh process
+        print(json.dumps(memory(args.run, args.worker, args.memory_steps, args.dtype,
+                                args.cycle)))
         return
-    results = {}
-    for name, over in STRATEGIES.items():
-        overrides = {**over, **(MIXING if over else {})}
-        if overrides.get("strategy.oracle_refresh") == -1:  # search every 4th visit
-            overrides["strategy.oracle_refresh"] = 4 * args.cycle
-        print(f"[strategy_speed] {name} ...", file=sys.stderr)
+    peaks = {}
+    for name in STRATEGIES:
+        print(f"[strategy_speed] memory of {name} ...", file=sys.stderr)
         out = subprocess.run(
-            [sys.executable, __file__, "--run", args.run, "--steps", str(args.steps),
-             "--warmup", str(args.warmup), "--dtype", args.dtype, "--cycle", str(args.cycle),
-             "--worker", json.dumps(overrides)],
+            [sys.executable, __file__, "--run", args.run, "--dtype", args.dtype,
+             "--cycle", str(args.cycle), "--memory-steps", str(args.memory_steps),
+             "--worker", name],
             check=True, capture_output=True, text=True,
         ).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
-    base = results["teacher_forcing"]
+        peaks[name] = json.loads(out.strip().splitlines()[-1])
+    print("[strategy_speed] timing, interleaved ...", file=sys.stderr)
+    results = interleaved(args.run, args.steps, args.warmup, args.dtype, args.cycle)
+    for name, peak in peaks.items():
+        results[name]["peak_rss_mb"] = peak
+    base = results["teacher_forcing"]["peak_rss_mb"]
     for r in results.values():
-        r["step_ratio_to_tf"] = round(r["s_per_step_median"] / base["s_per_step_median"], 3)
-        r["mean_step_ratio_to_tf"] = round(r["s_per_step_mean"] / base["s_per_step_mean"], 3)
-        r["rss_ratio_to_tf"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 3)
+        r["rss_ratio_to_tf"] = round(r["peak_rss_mb"] / base, 3)
     print(json.dumps({"benchmark": "strategy_speed", "run": args.run, "dtype": args.dtype,
                       "steps": args.steps, "warmup": args.warmup, "mixing": MIXING,
-                      "cycle": args.cycle,
+                      "cycle": args.cycle, "timing": "interleaved, one process",
                       "targets": {"two_pass_and_word_oracle": 1.25, "sentence_oracle_beam4": 2.5,
                                   "sentence_oracle_beam4_cached (mean)": 1.5},
                       "results": results}, indent=1))

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .dropout import Dropout
+from .dropout import dropout as _dropout
 
 Cache = dict  # per decoder layer: {"self_k", "self_v": [B,H,t,Dh], "cross_k", "cross_v": [B,H,S,Dh]}
 
@@ -61,7 +63,7 @@ NORMS = {"layer": LayerNorm, "rms": RMSNorm, "batch": MaskedBatchNorm}
 class PostNorm(nn.Module):
     def __init__(self, norm: nn.Module, dropout: float):
         super().__init__()
-        self.norm, self.dropout = norm, nn.Dropout(dropout)
+        self.norm, self.dropout = norm, Dropout(dropout)
 
     def forward(self, x, sublayer, mask=None):
         return self.norm(x + self.dropout(sublayer(x)), mask)  # Vaswani et al. 2017, sec. 5.4
@@ -70,7 +72,7 @@ class PostNorm(nn.Module):
 class PreNorm(nn.Module):
     def __init__(self, norm: nn.Module, dropout: float):
         super().__init__()
-        self.norm, self.dropout = norm, nn.Dropout(dropout)
+        self.norm, self.dropout = norm, Dropout(dropout)
 
     def forward(self, x, sublayer, mask=None):
         return x + self.dropout(sublayer(self.norm(x, mask)))
@@ -222,7 +224,7 @@ def attend(q, k, v, key_mask, causal: bool, scale: float, dropout: float) -> tor
         scores = scores.masked_fill(~key_mask, float("-inf"))
     probs = scores.softmax(dim=-1)
     if dropout > 0:
-        probs = F.dropout(probs, dropout)
+        probs = _dropout(probs, dropout)
     return torch.matmul(probs, v)
 
 
@@ -297,7 +299,7 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(cfg.d_model, cfg.ffn_dim)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.d_model)
         self.act = {"relu": F.relu, "gelu": F.gelu}[cfg.activation]
-        self.dropout = nn.Dropout(cfg.act_dropout)
+        self.dropout = Dropout(cfg.act_dropout)
         nn.init.xavier_uniform_(self.fc1.weight)
         nn.init.xavier_uniform_(self.fc2.weight)
 
@@ -397,7 +399,7 @@ class Transformer(nn.Module):
         self.embed_scale = math.sqrt(d) if cfg.embed_scale == "sqrt" else 1.0
         self.src_pos = Positions(cfg)
         self.tgt_pos = Positions(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
         pre = cfg.norm_position == "pre"

@@ -21,7 +21,7 @@ from .schedules import Progress, gold_probability, step_probability
 
 __all__ = [
     "PREDICTED", "STRATEGIES", "Progress", "ScheduledSampling", "SentenceOracle", "Strategy",
-    "TeacherForcing", "WordOracle", "build_strategy", "gumbel_noise", "mix", "topk_weights",
+    "TeacherForcing", "WordOracle", "build_strategy", "categorical_sample", "gumbel_noise", "mix", "topk_weights",
 ]
 
 
@@ -60,8 +60,9 @@ class TeacherForcing(Strategy):
 
 
 # ----------------------------------------------------------------------------------------------
-# predicted inputs: first-pass logits [N,V] of the replaced slots (float, PAD/BOS at -inf) ->
-# ids [N] (a token) or raw embeddings [N,D] (a mixture of rows of the target table E [V,D])
+# predicted inputs: first-pass logits [N,V] of the replaced slots (the projection's dtype, bf16
+# under autocast; PAD/BOS at -inf) -> ids [N] (a token) or raw embeddings [N,D] (a mixture of
+# rows of the target table E [V,D]). Probabilities are taken in float32.
 
 
 def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
@@ -81,22 +82,36 @@ def _argmax(logits, table, cfg):
     return logits.argmax(-1)
 
 
+def categorical_sample(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """ids [N] ~ softmax(logits [N,V] / temperature), one draw per row, by inverse CDF: one
+    uniform u per row, the first id whose cumulative probability exceeds u * total
+    (``right=True``: ids of probability 0, e.g. PAD/BOS at -inf, are never drawn). The same
+    distribution as the Gumbel-max argmax(logits / tau + G) of OR-NMT (Zhang et al. 2019,
+    eq. 10-11), without [N,V] uniforms and two logs per element (~7x cheaper on this CPU)."""
+    cdf = (logits.float() / temperature).softmax(-1).cumsum_(-1)  # [N,V]
+    total = cdf[..., -1:]
+    u = torch.rand(*cdf.shape[:-1], 1, device=cdf.device) * total
+    u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # u < total, whatever rand
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+
+
 def _sample(logits, table, cfg):
     # a categorical sample at temperature tau: tau *before* the noise (OR-NMT's code divided
     # after, where it cannot change the argmax)
-    return (logits / cfg.temperature + gumbel_noise(logits)).argmax(-1)
+    return categorical_sample(logits, cfg.temperature)
 
 
 def _soft(logits, table, cfg):
-    return (cfg.alpha * logits).softmax(-1).to(table.dtype) @ table  # expected embedding
+    return (cfg.alpha * logits.float()).softmax(-1).to(table.dtype) @ table  # expected embedding
 
 
 def _topk_soft(logits, table, cfg):
-    weights, ids = topk_weights(logits, cfg.topk, cfg.alpha)  # [B,T,k]
+    weights, ids = topk_weights(logits.float(), cfg.topk, cfg.alpha)  # [B,T,k]
     return torch.einsum("...k,...kd->...d", weights.to(table.dtype), table[ids])
 
 
 def _gumbel_soft(logits, table, cfg):
+    logits = logits.float()
     weights = ((logits + gumbel_noise(logits)) / cfg.temperature).softmax(-1)
     return weights.to(table.dtype) @ table
 
@@ -176,14 +191,16 @@ class ScheduledSampling(Strategy):
                 cfg.first_pass_grad or cfg.mle_weight > 0)):
             hidden1 = model.decode_hidden(tgt_in, memory, src_mask, batch.tgt_out.ne(PAD))
             # project only the N positions whose prediction is fed (p = 0.5: half the GEMM)
-            logits1 = model.project(hidden1[:, :-1][replace[:, 1:]]).float()  # [N,V]
+            # [N,V], kept in the projection's dtype: argmax needs no float32 copy (the bf16
+            # values upcast are the same values), the probability kinds take their own
+            logits1 = model.project(hidden1[:, :-1][replace[:, 1:]])
         if cfg.mle_weight > 0 and hidden1.requires_grad:
             self._extra = [(cfg.mle_weight, hidden1)]
         if not cfg.first_pass_grad:
             logits1 = logits1.detach()
-        # the model's own output never holds PAD or BOS (decode.py forbids them)
-        logits1 = logits1.index_fill(-1, torch.tensor([PAD, BOS], device=logits1.device),
-                                     float("-inf"))
+        # the model's own output never holds PAD or BOS (decode.py forbids them); in place:
+        # logits1 is the projection's fresh output (mm keeps its inputs, not its output)
+        logits1.index_fill_(-1, torch.tensor([PAD, BOS], device=logits1.device), float("-inf"))
         predicted = PREDICTED[self.predicted](logits1, model.tgt_embed.weight, cfg)
         top = predicted if predicted.dtype == torch.long else logits1.argmax(-1)  # [N]
         return predicted, top

@@ -10,7 +10,7 @@ import torch
 
 from gapless.config import ModelConfig
 from gapless.data import BOS, EOS, PAD
-from gapless.decode import ModelStepper, beam_search, greedy_search, make_sampler
+from gapless.decode import ModelStepper, beam_search, greedy_search, make_sampler, row_topk
 from gapless.model import Transformer
 
 # token names for the scripted tables (PAD 0, UNK 1, BOS 2, EOS 3 are fixed)
@@ -452,3 +452,19 @@ def test_sampling_search_reproducible_and_valid():
     runs = [tuple(tuple(h.tokens) for h in run(seed)) for seed in range(1, 6)]
     assert len(set(runs)) > 1
 
+
+
+@pytest.mark.parametrize("shape,k,chunk", [((7, 8000), 10, 64), ((5, 1000), 10, 64),
+                                           ((3, 650), 8, 64), ((4, 129), 3, 64),
+                                           ((6, 640), 10, 64), ((2, 300), 7, 16)])
+def test_row_topk_equals_topk(shape, k, chunk):
+    """Two-stage top-k = torch.topk on distinct values, including the V % chunk tail, k
+    near the number of blocks, and rows whose best entries share one block or sit at -inf."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64)
+    x[0, :k + 3] = 100 + torch.arange(k + 3.0)  # all winners in the first block
+    x[1, -3:] = 50 + torch.arange(3.0)  # winners in the tail
+    x[-1, : shape[1] // 2] = float("-inf")
+    values, ids = row_topk(x, k, chunk)
+    expected_values, expected_ids = x.topk(k, dim=1)
+    assert torch.equal(values, expected_values) and torch.equal(ids, expected_ids)

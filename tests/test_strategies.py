@@ -25,6 +25,7 @@ from gapless.strategies import (
     Progress,
     TeacherForcing,
     build_strategy,
+    categorical_sample,
     gumbel_noise,
     mix,
     topk_weights,
@@ -211,6 +212,26 @@ def test_temperature_changes_the_sample_entropy():
         torch.testing.assert_close(freq, (base / tau).softmax(-1), atol=0.015, rtol=0)
         entropies.append(float(-(freq * freq.clamp_min(1e-12).log()).sum()))
     assert entropies[0] < entropies[1] < entropies[2]
+
+
+def test_sample_never_draws_impossible_ids():
+    """PAD/BOS at -inf (also the first and last id) are never drawn, even with u near 1."""
+    logits = torch.randn(50_000, 6)
+    logits[:, [0, 2, 5]] = float("-inf")
+    torch.manual_seed(0)
+    ids = categorical_sample(logits, 0.7)
+    assert set(ids.unique().tolist()) == {1, 3, 4}
+    one = torch.tensor([[float("-inf"), 0.0, float("-inf")]])
+    assert categorical_sample(one).tolist() == [1]
+
+
+def test_sample_with_u_at_one_draws_the_last_possible_id(monkeypatch):
+    """A generator whose uniforms reach 1 (u * total == total) still draws the last id with
+    probability mass, not the impossible ids after it (or an index out of range)."""
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.ones(shape, **kw))
+    logits = torch.tensor([[0.3, 1.1, -0.4, 0.9, float("-inf"), float("-inf")]]).repeat(4, 1)
+    logits[1:, 3] = torch.tensor([2.0, -3.0, 0.0])
+    assert categorical_sample(logits, 1.3).tolist() == [3, 3, 3, 3]
 
 
 def test_gumbel_noise_is_finite():

@@ -30,11 +30,18 @@ class Stepper(Protocol):
         """Keep rows ``index`` [N'] of the state; ``rows_changed_sentence`` says whether the set
         of sentences changed (prune) or only beams moved within each sentence."""
 
+    # Optional: ``first_step_per_sentence = True`` says the K rows of a sentence hold the same
+    # state before the first step, so beam search may run step 0 on one row per sentence
+    # (``step`` gets [B] tokens) and then ``reorder`` with sentence indices [B*K] (each row
+    # picks its sentence's row) to fan out to the K beams.
+
 
 class ModelStepper:
     """Incremental decoding of a Transformer over its KV cache. With ``repeat`` = K (beam
     search) row r belongs to sentence r // K; the encoder output, source mask and
     cross-attention K/V stay one per sentence (the model groups the K queries)."""
+
+    first_step_per_sentence = True  # before step 0 the only state is per sentence
 
     def __init__(self, model, src: torch.Tensor, repeat: int = 1):
         self.memory, self.src_mask = model.encode(src)  # [B,S,D], [B,S]
@@ -138,19 +145,26 @@ def beam_search(
     prev = torch.full((batch_size * K,), BOS, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
     n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)
+    # step 0: the K rows of a sentence are identical (BOS, and only beam 0 may expand), so a
+    # stepper that allows it computes one row per sentence and fans out after the step
+    fan_out = K > 1 and getattr(stepper, "first_step_per_sentence", False)
     t = 0
     while active.numel():
         n_active = active.numel()
-        lp = stepper.step(prev)  # [N,V]
+        shared = fan_out and t == 0
+        lp = stepper.step(prev[::K] if shared else prev)  # [N,V] ([B,V] when shared)
         if step_hook is not None:
             lp = step_hook(lp, t)
-        row_max = max_len[active].repeat_interleave(K)
-        row_min = min_len[active].repeat_interleave(K)
+        row_max, row_min = max_len[active], min_len[active]
+        if not shared:
+            row_max, row_min = row_max.repeat_interleave(K), row_min.repeat_interleave(K)
         _forbid(lp, t, row_min, row_max)
         # the best 2K of a sentence's K*V extensions lie within each beam's own best 2K:
         # select per row first, then over the K*2K survivors (no [B', K*V] score matrix)
         C = min(2 * K, lp.shape[-1])
         row_lp, row_tok = row_topk(lp, C)  # [N,C]
+        if shared:  # beams 1..K-1 score -inf: their copies never win
+            row_lp, row_tok = row_lp.repeat_interleave(K, 0), row_tok.repeat_interleave(K, 0)
         cand = (scores[:, None] + row_lp).view(n_active, K * C)
         top_scores, top_idx = cand.topk(2 * K, dim=1)  # [B',2K]
         top_beam = torch.div(top_idx, C, rounding_mode="floor")
@@ -178,7 +192,9 @@ def beam_search(
         tokens = torch.cat([tokens.index_select(0, rows), keep_tok.view(-1, 1)], dim=1)
         scores = keep_scores.view(-1)
         prev = keep_tok.view(-1)
-        stepper.reorder(rows, rows_changed_sentence=False)
+        # after a shared step 0 the stepper holds one row per sentence: row -> its sentence
+        stepper.reorder(torch.div(rows, K, rounding_mode="floor") if shared else rows,
+                        rows_changed_sentence=False)
         t += 1
         done = (n_finished.index_select(0, active) >= K) | (max_len[active] < t)
         done |= ~torch.isfinite(keep_scores[:, 0])

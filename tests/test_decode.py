@@ -376,6 +376,37 @@ def test_model_batched_beam_equals_alone():
         assert [h.score for h in alone] == pytest.approx([h.score for h in out[s]], abs=1e-4)
 
 
+class CountingStepper(ModelStepper):
+    """ModelStepper that records the rows of every step (and can refuse the shared step 0)."""
+
+    def __init__(self, *args, shared: bool = True, **kw):
+        super().__init__(*args, **kw)
+        self.first_step_per_sentence = shared
+        self.rows: list[int] = []
+
+    def step(self, tokens):
+        self.rows.append(tokens.shape[0])
+        return super().step(tokens)
+
+
+def test_shared_first_step_gives_the_same_search():
+    """Step 0 on one row per sentence, fanned out to K beams, = step 0 on all B*K rows: the
+    same hypotheses, scores and n-best (also with a step hook and EOS possible at step 0)."""
+    model = tiny_model(seed=7)
+    src = padded_src([5, 2, 6, 4], seed=8)
+    max_len = torch.tensor([6, 1, 7, 4])
+    K = 4
+    results = {}
+    for shared in (True, False):
+        stepper = CountingStepper(model, src, repeat=K, shared=shared)
+        results[shared] = beam_search(stepper, 4, K, max_len, nbest=K, step_hook=eos_boost)
+        assert stepper.rows[0] == (4 if shared else 4 * K)
+        assert stepper.rows[1] <= 4 * K and len(stepper.rows) > 2
+    for a, b in zip(results[True], results[False]):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # sampling
 

@@ -15,7 +15,7 @@ import torch
 
 from .config import StrategyConfig
 from .data import BOS, PAD, Batch
-from .decode import ModelStepper, beam_search
+from .decode import ModelStepper, beam_search, row_argmax
 from .metrics import sentence_bleu
 from .schedules import Progress, gold_probability, step_probability
 
@@ -79,7 +79,7 @@ def topk_weights(logits: torch.Tensor, k: int, alpha: float = 1.0):
 
 
 def _argmax(logits, table, cfg):
-    return logits.argmax(-1)
+    return row_argmax(logits)
 
 
 def categorical_sample(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -202,7 +202,7 @@ class ScheduledSampling(Strategy):
         # logits1 is the projection's fresh output (mm keeps its inputs, not its output)
         logits1.index_fill_(-1, torch.tensor([PAD, BOS], device=logits1.device), float("-inf"))
         predicted = PREDICTED[self.predicted](logits1, model.tgt_embed.weight, cfg)
-        top = predicted if predicted.dtype == torch.long else logits1.argmax(-1)  # [N]
+        top = predicted if predicted.dtype == torch.long else row_argmax(logits1)  # [N]
         return predicted, top
 
     def mixed_inputs(self, model, batch, memory, src_mask, p) -> torch.Tensor:

@@ -10,7 +10,14 @@ import torch
 
 from gapless.config import ModelConfig
 from gapless.data import BOS, EOS, PAD
-from gapless.decode import ModelStepper, beam_search, greedy_search, make_sampler, row_topk
+from gapless.decode import (
+    ModelStepper,
+    beam_search,
+    greedy_search,
+    make_sampler,
+    row_argmax,
+    row_topk,
+)
 from gapless.model import Transformer
 
 # token names for the scripted tables (PAD 0, UNK 1, BOS 2, EOS 3 are fixed)
@@ -499,3 +506,17 @@ def test_row_topk_equals_topk(shape, k, chunk):
     values, ids = row_topk(x, k, chunk)
     expected_values, expected_ids = x.topk(k, dim=1)
     assert torch.equal(values, expected_values) and torch.equal(ids, expected_ids)
+
+
+@pytest.mark.parametrize("V", [8000, 1000, 129, 64, 70, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_argmax_is_the_first_maximum(V, dtype):
+    """= torch.argmax (first maximal index), with many ties (bf16 rounding, repeated maxima in
+    and across blocks), maxima in the tail block and at the last id, and -inf rows parts."""
+    torch.manual_seed(V)
+    x = (torch.randn(40, V) * 2).round().to(dtype)  # integers: ties everywhere
+    x[0] = 7.0  # all equal: id 0
+    x[1, -1] = 99.0  # last id
+    x[2, [V // 3, V - 1]] = 50.0  # a tie, the first one wins
+    x[3, : V // 2] = float("-inf")
+    assert torch.equal(row_argmax(x), x.argmax(-1))

@@ -8,10 +8,6 @@ import os
 # passes over test2016; 147 -> 159 -> 160 with a larger cache). Read when oneDNN first runs.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
-from .runtime import tune_malloc
-
-MALLOC_TUNED = tune_malloc()  # large freed tensors stay in the heap (gapless/runtime.py)
-
 from .config import Config
 from .config import load as load_config
 from .evaluate import Translator, load

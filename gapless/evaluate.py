@@ -18,6 +18,7 @@ from .data import EOS, Vocab, pad_sequences, read_lines, read_parallel, sentence
 from .decode import ModelStepper, beam_search, greedy_search, make_sampler
 from .metrics import corpus_scores
 from .model import Transformer
+from .runtime import tune_malloc
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -124,6 +125,7 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
     if not run.config.is_file():
         raise FileNotFoundError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = config_mod.load(run.config)
+    tune_malloc()  # inference: large freed tensors stay in the heap (gapless/runtime.py)
     model = build_model(cfg)
     run.load_weights(model, checkpoint)
     if dtype == "bf16":  # inference only: bf16 weights and activations, log-probs in fp32

@@ -161,10 +161,14 @@ def test_clean_errors(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def test_load_and_translate_in_python(run):
+def test_load_and_translate_in_python(run, monkeypatch):
+    import gapless.evaluate
     from gapless import load
 
+    calls = []
+    monkeypatch.setattr(gapless.evaluate, "tune_malloc", lambda: calls.append(1))
     translator = load(run, device="cpu")
+    assert calls == [1]  # inference tunes malloc (gapless/runtime.py)
     hyps = translator.translate(["Ein Mann läuft im Park.", "Eine Frau sitzt."], beam=2)
     assert len(hyps) == 2 and all(isinstance(h, str) for h in hyps)
     assert translator.translate([], beam=2) == []

@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_speed import machine
 
 STRATEGIES = {
     "teacher_forcing": {},
@@ -154,6 +160,7 @@ def main() -> None:
         print(json.dumps(memory(args.run, args.worker, args.memory_steps, args.dtype,
                                 args.cycle)))
         return
+    info = machine(2)
     peaks = {}
     for name in STRATEGIES:
         print(f"[strategy_speed] memory of {name} ...", file=sys.stderr)
@@ -171,7 +178,9 @@ def main() -> None:
     base = results["teacher_forcing"]["peak_rss_mb"]
     for r in results.values():
         r["rss_ratio_to_tf"] = round(r["peak_rss_mb"] / base, 3)
-    print(json.dumps({"benchmark": "strategy_speed", "run": args.run, "dtype": args.dtype,
+    info["load_avg_1m_end"] = os.getloadavg()[0]
+    print(json.dumps({"benchmark": "strategy_speed", "run": args.run, "machine": info,
+                      "dtype": args.dtype,
                       "steps": args.steps, "warmup": args.warmup, "mixing": MIXING,
                       "cycle": args.cycle, "timing": "interleaved, one process",
                       "targets": {"two_pass_and_word_oracle": 1.25, "sentence_oracle_beam4": 2.5,

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""A/B of this session's CPU tweaks, each against its baseline in the same run; one JSON.
+
+* ``dropout``: training steps (LossModule + Adam, bf16 autocast, 4,096-token batches, dropout
+  0.1, post-norm: the peers' training protocol) alternating gapless's dropout
+  (``gapless/dropout.py``) and ``torch.nn.functional.dropout`` step by step in one process, in
+  a rotating order; the ratio of each pair, median over pairs.
+* ``malloc``: beam-5 bf16 decoding of test2016 through ``gapless.load`` in fresh processes
+  alternating ``GAPLESS_MALLOC=1`` (``gapless/runtime.py``) and ``=0``; sentences/s per
+  process (median of its passes), ratio per pair.
+* ``kernels``: ``row_argmax`` / ``row_topk`` (``gapless/decode.py``) against ``argmax`` /
+  ``topk`` on [N, V] logits, interleaved.
+
+    .venv/bin/python benchmarks/cpu_tweaks.py --run runs/m30k_de_en
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from train_speed import machine
+
+
+def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import gapless.dropout as gd
+    from gapless import config as config_mod
+    from gapless.data import collate, token_batches
+    from gapless.evaluate import autocast, build_model
+    from gapless.prepare import prepare
+    from gapless.schedules import Progress
+    from gapless.strategies import build_strategy
+    from gapless.train import LossModule
+
+    variants = {"gapless": gd.dropout, "torch": lambda x, p, training=True: F.dropout(x, p, training)}
+    cfg = config_mod.load(f"{run}/config.yaml",
+                          {"model.dropout": 0.1, "model.norm_position": "post"})
+    data = prepare(cfg, run).train
+    torch.manual_seed(1)
+    model = build_model(cfg).train()
+    module = LossModule(model, build_strategy(cfg.strategy), 0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batches = token_batches(data.src_lens, data.tgt_lens, 4096, 1, 1)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    try:
+        for i in range(warmup + pairs):
+            batch = collate(data, batches[i % len(batches)])
+            order = list(variants) if i % 2 == 0 else list(variants)[::-1]
+            for name in order:  # both variants on the same batch
+                gd.dropout = variants[name]
+                start = time.perf_counter()
+                with autocast(torch.device("cpu"), "bf16"):
+                    loss, _ = module(batch, Progress(i, 10))
+                (loss / batch.n_tokens).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    finally:
+        gd.dropout = variants["gapless"]
+    ratios = [a / b for a, b in zip(times["gapless"], times["torch"])]
+    return {"s_per_step_median": {k: round(statistics.median(v), 4) for k, v in times.items()},
+            "step_ratio_gapless_to_torch_median": round(statistics.median(ratios), 3),
+            "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
+
+
+def decode_child(run: str, passes: int) -> list[float]:
+    import torch
+
+    from gapless.corpora import split_paths
+    from gapless.data import read_parallel
+    from gapless.evaluate import load
+
+    torch.set_num_threads(2)
+    translator = load(run, "best", "cpu", "bf16")
+    from gapless import config as config_mod
+    d = config_mod.load(Path(run) / "config.yaml").data
+    src, _ = read_parallel(*split_paths(d.corpus, "test2016", d.src_lang, d.tgt_lang,
+                                        d.data_dir, d.download))
+    ids = translator.vocab.encode(src)
+    translator.translate_ids(ids[:64], beam=5)
+    out = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        translator.translate_ids(ids, beam=5)
+        out.append(len(ids) / (time.perf_counter() - start))
+    return out
+
+
+def malloc_ab(run: str, pairs: int, passes: int) -> dict:
+    runs: dict[str, list[float]] = {"1": [], "0": []}
+    for i in range(pairs):
+        for flag in (("1", "0") if i % 2 == 0 else ("0", "1")):
+            out = subprocess.run(
+                [sys.executable, __file__, "--run", run, "--decode-child", str(passes)],
+                env={**os.environ, "GAPLESS_MALLOC": flag}, check=True, capture_output=True,
+                text=True).stdout
+            runs[flag].append(statistics.median(json.loads(out.strip().splitlines()[-1])))
+    ratios = [a / b for a, b in zip(runs["1"], runs["0"])]
+    return {"sent_s_per_process": {"tuned": [round(x, 1) for x in runs["1"]],
+                                   "untuned": [round(x, 1) for x in runs["0"]]},
+            "sent_s_median": {"tuned": round(statistics.median(runs["1"]), 1),
+                              "untuned": round(statistics.median(runs["0"]), 1)},
+            "ratio_tuned_to_untuned_median": round(statistics.median(ratios), 3),
+            "pairs": pairs, "passes_per_process": passes}
+
+
+def kernels_ab(reps: int) -> dict:
+    import torch
+
+    from gapless.decode import row_argmax, row_topk
+
+    torch.manual_seed(0)
+    cases = {
+        "argmax [1000,8000] bf16": ((1000, 8000), torch.bfloat16, row_argmax,
+                                    lambda x: x.argmax(-1)),
+        "argmax [1000,8000] fp32": ((1000, 8000), torch.float32, row_argmax,
+                                    lambda x: x.argmax(-1)),
+        "top-10 [320,8000] fp32": ((320, 8000), torch.float32, lambda x: row_topk(x, 10),
+                                   lambda x: x.topk(10, dim=1)),
+    }
+    out = {}
+    for name, (shape, dtype, new, old) in cases.items():
+        x = (torch.randn(*shape) * 3).to(dtype)
+        times: dict[str, list[float]] = {"gapless": [], "torch": []}
+        for i in range(reps + 3):
+            for label, f in (("gapless", new), ("torch", old)):
+                start = time.perf_counter()
+                f(x)
+                if i >= 3:
+                    times[label].append(time.perf_counter() - start)
+        out[name] = {k: round(statistics.median(v) * 1e3, 3) for k, v in times.items()}
+        out[name]["unit"] = "ms"
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="a prepared, trained run (runs/NAME)")
+    p.add_argument("--dropout-pairs", type=int, default=20)
+    p.add_argument("--malloc-pairs", type=int, default=3)
+    p.add_argument("--passes", type=int, default=3, help="decoding passes per process")
+    p.add_argument("--kernel-reps", type=int, default=50)
+    p.add_argument("--only", default="kernels,dropout,malloc")
+    p.add_argument("--decode-child", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.decode_child:
+        print(json.dumps(decode_child(args.run, args.decode_child)))
+        return
+    import torch
+
+    torch.set_num_threads(2)
+    info = machine(2)
+    parts = args.only.split(",")
+    result = {}
+    if "kernels" in parts:
+        result["kernels"] = kernels_ab(args.kernel_reps)
+    if "dropout" in parts:
+        result["dropout"] = dropout_ab(args.run, args.dropout_pairs, 3)
+    if "malloc" in parts:
+        result["malloc"] = malloc_ab(args.run, args.malloc_pairs, args.passes)
+    info["load_avg_1m_end"] = os.getloadavg()[0]
+    print(json.dumps({"benchmark": "cpu_tweaks", "run": args.run, "machine": info,
+                      **result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

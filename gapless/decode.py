@@ -193,14 +193,14 @@ def beam_search(
         eos_first[:, K:] = False
         if eos_first.any():
             norm = float(t + 1) ** len_penalty
-            for s, c in eos_first.nonzero().tolist():
-                sent = int(active[s])
-                if len(finished[sent]) >= K:
-                    continue
-                row = s * K + int(top_beam[s, c])
-                raw = float(top_scores[s, c])
-                finished[sent].append(Hypothesis(tokens[row].tolist(), raw / norm, raw))
-                n_finished[sent] += 1
+            s_idx, c_idx = eos_first.nonzero().unbind(1)  # [E] each, sentence-major order
+            rows_e = s_idx * K + top_beam[s_idx, c_idx]
+            # one host transfer per field, not a few small tensor ops per hypothesis
+            for sent, raw, toks in zip(active[s_idx].tolist(), top_scores[s_idx, c_idx].tolist(),
+                                       tokens[rows_e].tolist()):
+                if len(finished[sent]) < K:
+                    finished[sent].append(Hypothesis(toks, raw / norm, raw))
+            n_finished = torch.tensor([len(h) for h in finished], device=device)
         # continue with the best K non-EOS candidates of each sentence
         cont_scores = top_scores.masked_fill(is_eos | (top_tok == EOS), -math.inf)
         keep_scores, keep_pos = cont_scores.topk(K, dim=1)  # [B',K]

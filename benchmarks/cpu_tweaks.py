@@ -9,7 +9,8 @@
   alternating ``GAPLESS_MALLOC=1`` (``gapless/runtime.py``) and ``=0``; sentences/s per
   process (median of its passes), ratio per pair.
 * ``kernels``: ``row_argmax`` / ``row_topk`` (``gapless/decode.py``) against ``argmax`` /
-  ``topk`` on [N, V] logits, interleaved.
+  ``topk`` on [N, V] logits, and ``categorical_sample`` (``gapless/strategies.py``) against
+  Gumbel-max sampling, interleaved.
 
     .venv/bin/python benchmarks/cpu_tweaks.py --run runs/m30k_de_en
 """
@@ -79,13 +80,13 @@ def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
 def decode_child(run: str, passes: int) -> list[float]:
     import torch
 
+    from gapless import config as config_mod
     from gapless.corpora import split_paths
     from gapless.data import read_parallel
     from gapless.evaluate import load
 
     torch.set_num_threads(2)
     translator = load(run, "best", "cpu", "bf16")
-    from gapless import config as config_mod
     d = config_mod.load(Path(run) / "config.yaml").data
     src, _ = read_parallel(*split_paths(d.corpus, "test2016", d.src_lang, d.tgt_lang,
                                         d.data_dir, d.download))
@@ -121,6 +122,7 @@ def kernels_ab(reps: int) -> dict:
     import torch
 
     from gapless.decode import row_argmax, row_topk
+    from gapless.strategies import categorical_sample, gumbel_noise
 
     torch.manual_seed(0)
     cases = {
@@ -130,6 +132,9 @@ def kernels_ab(reps: int) -> dict:
                                     lambda x: x.argmax(-1)),
         "top-10 [320,8000] fp32": ((320, 8000), torch.float32, lambda x: row_topk(x, 10),
                                    lambda x: x.topk(10, dim=1)),
+        # the sample / word-oracle input: inverse CDF vs the Gumbel-max it replaced
+        "categorical sample [700,8000] fp32": ((700, 8000), torch.float32, categorical_sample,
+                                               lambda x: (x + gumbel_noise(x)).argmax(-1)),
     }
     out = {}
     for name, (shape, dtype, new, old) in cases.items():

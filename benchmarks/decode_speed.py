@@ -127,16 +127,15 @@ def main(argv=None) -> int:
     from gapless import config as config_mod
     from gapless.checkpoint import RunDir
     from gapless.corpora import split_paths
-    from gapless.data import read_parallel
-    from gapless.evaluate import load
+    from gapless.data import Vocab, read_parallel
+    from gapless.evaluate import load, resolve_device
     from gapless.metrics import corpus_scores
     from gapless.model import count_parameters
 
     info = machine(args.threads)
     run = RunDir(args.run)
     cfg = config_mod.load(run.config)
-    base = load(args.run, args.checkpoint, args.device, "fp32")
-    model, vocab, device = base.model, base.vocab, base.device
+    vocab, device = Vocab(run.spm_model), resolve_device(args.device)
     d = cfg.data
     src_path, ref_path = split_paths(
         d.corpus, args.split, d.src_lang, d.tgt_lang, d.data_dir, d.download
@@ -214,7 +213,7 @@ def main(argv=None) -> int:
                             "min_len": cfg.decode.min_len},
             "modes": {m: MODES[m] for m in args.modes.split(",")},
             "warmup_batches": args.warmup_batches, "repeat": args.repeat,
-            "device": str(device), "parameters": count_parameters(model),
+            "device": str(device), "parameters": count_parameters(translator.model),
             "sent_s": "sentences / seconds of encode + search + decode (model loaded before)",
         },
         "machine": {**info, "peak_rss_mb": round(

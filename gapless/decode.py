@@ -82,8 +82,8 @@ def row_topk(x: torch.Tensor, k: int, chunk: int = 64) -> tuple[torch.Tensor, to
     like ``x.topk(k, dim=1)`` (the same entries up to ties), in two stages: the maxima of
     ``chunk``-wide column blocks, the k best blocks, then the top k of their k * chunk entries
     (plus the V % chunk tail). The k largest lie in the k blocks with the largest maxima (a
-    block outside them has k larger maxima above its own), so the result is exact. Measured
-    ~2x faster than one topk on [320, 8000] fp32 on this CPU (one pass is a plain max)."""
+    block outside them has k larger maxima above its own), so the result is exact. The one
+    full pass is a plain max (timings against ``topk`` in ``benchmarks/cpu_tweaks.py``)."""
     N, V = x.shape
     blocks = V // chunk
     if blocks <= k:
@@ -101,8 +101,8 @@ def row_topk(x: torch.Tensor, k: int, chunk: int = 64) -> tuple[torch.Tensor, to
 def row_argmax(x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """ids [N] of the first maximum of each row of x [N,V], = ``x.argmax(-1)``, in two stages:
     the first ``chunk``-wide block holding the row maximum (block maxima are one vectorised
-    reduction), then the first maximum inside it. Measured on [1000, 8000] here: bf16 3.4 vs
-    15.1 ms (argmax has no vectorised bf16 kernel on this CPU), fp32 1.2 vs 3.8 ms."""
+    reduction), then the first maximum inside it. PyTorch's bf16 argmax has no vectorised CPU
+    kernel; timings against ``argmax`` in ``benchmarks/cpu_tweaks.py``."""
     N, V = x.shape
     blocks, body = V // chunk, (V // chunk) * chunk
     if blocks < 2:

@@ -5,10 +5,10 @@ it is (the settings raised bf16 training's peak RSS from 2.9 to 3.5 GB for no me
 glibc's malloc serves blocks above its mmap threshold (dynamic, starting at 128 KiB) with
 fresh ``mmap`` pages and returns freed heap tops above its trim threshold to the kernel. A
 beam-search step allocates and frees megabyte tensors ([320, 8000] fp32 log-probs = 10 MB),
-so each step paid thousands of page faults: ``log_softmax(bf16 logits, dtype=float32)`` after
-the output projection took 12.6-15.6 ms instead of 5.5-6.0 ms (``/tmp`` micro-benchmark, three
-runs each, this 2-vCPU VM). Fixing both thresholds keeps freed blocks in the heap for reuse,
-what jemalloc/tcmalloc preloading does for PyTorch CPU inference. Set ``GAPLESS_MALLOC=0`` to
+so each step paid page faults on fresh pages (in a profile, the fp32 conversion of the
+[320, 8000] logits took ~10x its isolated time). Fixing both thresholds keeps freed blocks in
+the heap for reuse, what jemalloc/tcmalloc preloading does for PyTorch CPU inference; A/B in
+``benchmarks/cpu_tweaks.py``. Set ``GAPLESS_MALLOC=0`` to
 leave malloc alone. Not glibc (macOS, musl): nothing happens.
 """
 

@@ -21,7 +21,8 @@ from .schedules import Progress, gold_probability, step_probability
 
 __all__ = [
     "PREDICTED", "STRATEGIES", "Progress", "ScheduledSampling", "SentenceOracle", "Strategy",
-    "TeacherForcing", "WordOracle", "build_strategy", "categorical_sample", "gumbel_noise", "mix", "topk_weights",
+    "TeacherForcing", "WordOracle", "build_strategy", "categorical_sample", "gumbel_noise", "mix",
+    "topk_weights",
 ]
 
 
@@ -87,7 +88,7 @@ def categorical_sample(logits: torch.Tensor, temperature: float = 1.0) -> torch.
     uniform u per row, the first id whose cumulative probability exceeds u * total
     (``right=True``: ids of probability 0, e.g. PAD/BOS at -inf, are never drawn). The same
     distribution as the Gumbel-max argmax(logits / tau + G) of OR-NMT (Zhang et al. 2019,
-    eq. 10-11), without [N,V] uniforms and two logs per element (~7x cheaper on this CPU)."""
+    eq. 10-11), without [N,V] uniforms and two logs per element (``benchmarks/cpu_tweaks.py``)."""
     cdf = (logits.float() / temperature).softmax(-1).cumsum_(-1)  # [N,V]
     total = cdf[..., -1:]
     u = torch.rand(*cdf.shape[:-1], 1, device=cdf.device) * total

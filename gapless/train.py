@@ -95,7 +95,6 @@ class LossModule(nn.Module):
                                                       self.eps)[0]
         return loss, nll
 
-
     def _timed_inputs(self, batch, memory, src_mask, progress):
         """The strategy's decoder inputs, its time added up (not for teacher forcing; on CUDA
         with events, so the step never waits for the device)."""

@@ -8,9 +8,13 @@
 * ``malloc``: beam-5 bf16 decoding of test2016 through ``gapless.load`` in fresh processes
   alternating ``GAPLESS_MALLOC=1`` (``gapless/runtime.py``) and ``=0``; sentences/s per
   process (median of its passes), ratio per pair.
+* ``packing``: beam-5 bf16 decoding of test2016 by two ``gapless.load`` models in one process,
+  with prepacked linears (``pack=True``, ``gapless/packing.py``) and without, passes
+  alternating in a rotating order; sentences/s per pass, ratio per pair, median.
 * ``kernels``: ``row_argmax`` / ``row_topk`` (``gapless/decode.py``) against ``argmax`` /
   ``topk`` on [N, V] logits, and ``categorical_sample`` (``gapless/strategies.py``) against
-  Gumbel-max sampling, interleaved.
+  Gumbel-max sampling, and ``PackedLinear`` against ``F.linear`` at the decoder's shapes,
+  interleaved.
 
     .venv/bin/python benchmarks/cpu_tweaks.py --run runs/m30k_de_en
 """
@@ -100,6 +104,35 @@ def decode_child(run: str, passes: int) -> list[float]:
     return out
 
 
+def packing_ab(run: str, pairs: int) -> dict:
+    import torch
+
+    from gapless import config as config_mod
+    from gapless.corpora import split_paths
+    from gapless.data import read_parallel
+    from gapless.evaluate import load
+
+    models = {"packed": load(run, "best", "cpu", "bf16", pack=True),
+              "plain": load(run, "best", "cpu", "bf16", pack=False)}
+    d = config_mod.load(Path(run) / "config.yaml").data
+    src, _ = read_parallel(*split_paths(d.corpus, "test2016", d.src_lang, d.tgt_lang,
+                                        d.data_dir, d.download))
+    ids = models["packed"].vocab.encode(src)
+    hyps = {k: m.translate_ids(ids[:64], beam=5) for k, m in models.items()}  # warm-up
+    speed: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(pairs):
+        for k in (("packed", "plain") if i % 2 == 0 else ("plain", "packed")):
+            start = time.perf_counter()
+            hyps[k] = models[k].translate_ids(ids, beam=5)
+            speed[k].append(len(ids) / (time.perf_counter() - start))
+    ratios = [a / b for a, b in zip(speed["packed"], speed["plain"])]
+    return {"sent_s_per_pass": {k: [round(x, 1) for x in v] for k, v in speed.items()},
+            "sent_s_median": {k: round(statistics.median(v), 1) for k, v in speed.items()},
+            "ratio_packed_to_plain_median": round(statistics.median(ratios), 3),
+            "same_hypotheses": hyps["packed"] == hyps["plain"], "pairs": pairs,
+            "threads": torch.get_num_threads()}
+
+
 def malloc_ab(run: str, pairs: int, passes: int) -> dict:
     runs: dict[str, list[float]] = {"1": [], "0": []}
     for i in range(pairs):
@@ -120,8 +153,10 @@ def malloc_ab(run: str, pairs: int, passes: int) -> dict:
 
 def kernels_ab(reps: int) -> dict:
     import torch
+    import torch.nn.functional as F
 
     from gapless.decode import row_argmax, row_topk
+    from gapless.packing import PackedLinear, packing_available
     from gapless.strategies import categorical_sample, gumbel_noise
 
     torch.manual_seed(0)
@@ -136,6 +171,14 @@ def kernels_ab(reps: int) -> dict:
         "categorical sample [700,8000] fp32": ((700, 8000), torch.float32, categorical_sample,
                                                lambda x: (x + gumbel_noise(x)).argmax(-1)),
     }
+    if packing_available():  # the decoder's linears on a beam step's 320 rows (and 5)
+        for rows, d_in, d_out in ((320, 256, 768), (320, 256, 1024), (320, 1024, 256),
+                                  (320, 256, 8000), (5, 256, 1024)):
+            lin = torch.nn.Linear(d_in, d_out, bias=d_out != 8000).to(torch.bfloat16)
+            packed = PackedLinear(lin)
+            cases[f"linear [{rows},{d_in}]x[{d_in},{d_out}] bf16"] = (
+                (rows, d_in), torch.bfloat16, packed,
+                lambda x, lin=lin: F.linear(x, lin.weight, lin.bias))
     out = {}
     for name, (shape, dtype, new, old) in cases.items():
         x = (torch.randn(*shape) * 3).to(dtype)
@@ -143,7 +186,8 @@ def kernels_ab(reps: int) -> dict:
         for i in range(reps + 3):
             for label, f in (("gapless", new), ("torch", old)):
                 start = time.perf_counter()
-                f(x)
+                with torch.no_grad():
+                    f(x)
                 if i >= 3:
                     times[label].append(time.perf_counter() - start)
         out[name] = {k: round(statistics.median(v) * 1e3, 3) for k, v in times.items()}
@@ -158,7 +202,8 @@ def main() -> None:
     p.add_argument("--malloc-pairs", type=int, default=3)
     p.add_argument("--passes", type=int, default=3, help="decoding passes per process")
     p.add_argument("--kernel-reps", type=int, default=50)
-    p.add_argument("--only", default="kernels,dropout,malloc")
+    p.add_argument("--packing-pairs", type=int, default=6)
+    p.add_argument("--only", default="kernels,packing,dropout,malloc")
     p.add_argument("--decode-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.decode_child:
@@ -172,6 +217,8 @@ def main() -> None:
     result = {}
     if "kernels" in parts:
         result["kernels"] = kernels_ab(args.kernel_reps)
+    if "packing" in parts:
+        result["packing"] = packing_ab(args.run, args.packing_pairs)
     if "dropout" in parts:
         result["dropout"] = dropout_ab(args.run, args.dropout_pairs, 3)
     if "malloc" in parts:

@@ -57,9 +57,7 @@ class ModelStepper:
         return torch.log_softmax(self.model.project(hidden[:, 0]), dim=-1, dtype=torch.float32)
 
     def reorder(self, index: torch.Tensor, rows_changed_sentence: bool) -> None:
-        for layer in self.cache:
-            for key in ("self_k", "self_v"):
-                layer[key] = layer[key].index_select(0, index)
+        self.model.reorder_cache(self.cache, index)  # applied lazily, with the next append
         if rows_changed_sentence:  # rows come in whole sentences: keep those sentences
             sentences = index.view(-1, self.repeat)[:, 0] // self.repeat
             for layer in self.cache:

@@ -18,6 +18,7 @@ from .data import EOS, Vocab, pad_sequences, read_lines, read_parallel, sentence
 from .decode import ModelStepper, beam_search, greedy_search, make_sampler
 from .metrics import corpus_scores
 from .model import Transformer
+from .packing import pack_linears
 from .runtime import tune_malloc
 
 
@@ -119,8 +120,9 @@ class Translator:
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
-         dtype: str = "fp32") -> Translator:
-    """``from gapless import load; load("runs/NAME").translate(["Ein Hund läuft."], beam=5)``."""
+         dtype: str = "fp32", pack: bool = True) -> Translator:
+    """``from gapless import load; load("runs/NAME").translate(["Ein Hund läuft."], beam=5)``.
+    ``pack``: on CPU, linear weights prepacked for oneDNN once (``gapless/packing.py``)."""
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise FileNotFoundError(f"{run.path}: not a run directory (no config.yaml)")
@@ -130,7 +132,10 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
     run.load_weights(model, checkpoint)
     if dtype == "bf16":  # inference only: bf16 weights and activations, log-probs in fp32
         model = model.to(torch.bfloat16)
-    return Translator(model, Vocab(run.spm_model), cfg.decode, resolve_device(device), dtype)
+    device = resolve_device(device)
+    if pack and device.type == "cpu":
+        pack_linears(model)
+    return Translator(model, Vocab(run.spm_model), cfg.decode, device, dtype)
 
 
 def score_split(

@@ -19,7 +19,29 @@ from .config import ModelConfig
 from .dropout import Dropout
 from .dropout import dropout as _dropout
 
-Cache = dict  # per decoder layer: {"self_k", "self_v": [B,H,t,Dh], "cross_k", "cross_v": [B,H,S,Dh]}
+# per decoder layer: {"self_k", "self_v": [N,H,t,Dh], "order": [N'] rows of self_k/v that the
+# next step continues (a pending beam reorder, applied with the next append), "cross_k",
+# "cross_v": [B,H,S,Dh]}
+Cache = dict
+
+
+def extend_cache(past: torch.Tensor | None, new: torch.Tensor, order: torch.Tensor | None):
+    """``cat([past[order], new], dim=2)`` written with one copy of the cached steps: past
+    [N,H,t,Dh] (None: nothing cached), order [N'] rows of past or None (all), new [N',H,T,Dh]
+    -> [N',H,t+T,Dh]. A beam step both reorders and appends, so a reorder-then-cat would copy
+    the cache twice per step (timings in ``benchmarks/cpu_tweaks.py``)."""
+    if past is None:
+        return new
+    if torch.is_grad_enabled() and (new.requires_grad or past.requires_grad):  # out= has no grad
+        return torch.cat([past if order is None else past.index_select(0, order), new], dim=2)
+    n, h, t, dh = new.shape[0], past.shape[1], past.shape[2], past.shape[3]
+    out = new.new_empty(n, h, t + new.shape[2], dh)
+    if order is None:
+        out[:, :, :t].copy_(past)
+    else:
+        torch.index_select(past, 0, order, out=out[:, :, :t])
+    out[:, :, t:].copy_(new)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,10 +287,10 @@ class Attention(nn.Module):
                     cache["cross_k"], cache["cross_v"] = k, v
         else:
             q, k, v = (self._heads(t) for t in self.proj.self_qkv(x))
-            if cache is not None:
-                if "self_k" in cache:  # append this step's keys/values to the cache
-                    k = torch.cat([cache["self_k"], k], dim=2)
-                    v = torch.cat([cache["self_v"], v], dim=2)
+            if cache is not None:  # append this step's keys/values to the (reordered) cache
+                order = cache.pop("order", None)
+                k = extend_cache(cache.get("self_k"), k, order)
+                v = extend_cache(cache.get("self_v"), v, order)
                 cache["self_k"], cache["self_v"] = k, v
                 causal = causal and q.shape[2] > 1  # a chunk after cached steps is causal too
         q, k, scale = self.score(q, k)
@@ -461,9 +483,15 @@ class Transformer(nn.Module):
         return [{} for _ in self.decoder]
 
     @staticmethod
-    def reorder_cache(cache: list[Cache], index: torch.Tensor) -> list[Cache]:
-        """Select rows ``index`` [N] of every cached tensor (beam reordering, pruning)."""
-        return [{k: v.index_select(0, index) for k, v in layer.items()} for layer in cache]
+    def reorder_cache(cache: list[Cache], index: torch.Tensor) -> None:
+        """Keep rows ``index`` [N'] of the self-attention cache (beam reordering, pruning), in
+        place and lazily: the selection is composed with any pending one and applied by the
+        next step's append (``extend_cache``), one copy per step. The per-sentence cross
+        cache is the caller's (it knows the sentences)."""
+        for layer in cache:
+            if "self_k" in layer:
+                pending = layer.get("order")
+                layer["order"] = index if pending is None else pending.index_select(0, index)
 
 
 def count_parameters(model: nn.Module) -> int:

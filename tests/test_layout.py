@@ -1,6 +1,6 @@
 """Imports point down (docs/design.md): a module imports only gapless modules of lower layers.
 
-Layers, from the design's order "config, metrics, dropout, runtime -> model, data, schedules -> corpora, decode,
+Layers, from the design's order "config, metrics, dropout, runtime, packing -> model, data, schedules -> corpora, decode,
 checkpoint -> strategies, prepare, evaluate, diagnose -> train, explain, plots, serve -> quickstart
 -> cli".
 ``model`` imports only torch, config and dropout (torch-only building blocks). A new module must be given a layer here.
@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "gapless"
 
 LAYERS = [
-    {"config", "metrics", "dropout", "runtime"},
+    {"config", "metrics", "dropout", "runtime", "packing"},
     {"model", "data", "schedules"},
     {"corpora", "decode", "checkpoint"},
     {"strategies", "prepare", "evaluate", "diagnose"},

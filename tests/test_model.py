@@ -11,7 +11,7 @@ import gapless.model as gm
 from gapless.config import ModelConfig
 from gapless.data import BOS, EOS, PAD
 from gapless.decode import ModelStepper, beam_search
-from gapless.model import MaskedBatchNorm, Transformer, count_parameters
+from gapless.model import MaskedBatchNorm, Transformer, count_parameters, extend_cache
 
 VOCAB, D = 24, 32
 
@@ -393,3 +393,25 @@ def test_too_long_sequence_is_an_error():
     model = make_model(max_positions=8).eval()
     with pytest.raises(ValueError, match="max_positions"):
         model(rand_ids((1, 9)), rand_ids((1, 3)))
+
+
+def test_extend_cache_reorders_and_appends_in_one_copy():
+    """Pending reorders compose (beam step, then a prune) and apply with the next append:
+    the same tensor as reordering eagerly and concatenating."""
+    g = torch.Generator().manual_seed(0)
+    past = torch.randn(6, 2, 3, 4, generator=g)
+    first, second = torch.tensor([5, 5, 0, 2, 1, 3]), torch.tensor([4, 0, 1])
+    new = torch.randn(3, 2, 1, 4, generator=g)
+    cache = [{"self_k": past, "self_v": past + 1}]
+    Transformer.reorder_cache(cache, first)
+    Transformer.reorder_cache(cache, second)
+    expected = torch.cat([past[first][second], new], dim=2)
+    with torch.no_grad():
+        got = extend_cache(cache[0]["self_k"], new, cache[0]["order"])
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert extend_cache(None, new, None) is new
+    torch.testing.assert_close(extend_cache(past[:3], new, None), torch.cat([past[:3], new], 2))
+    # under autograd the copy falls back to differentiable ops
+    leaf = new.clone().requires_grad_()
+    extend_cache(past, leaf, second).sum().backward()
+    torch.testing.assert_close(leaf.grad, torch.ones_like(new))

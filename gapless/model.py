@@ -281,7 +281,7 @@ class Attention(nn.Module):
             if cache is not None and "cross_k" in cache:
                 k, v = cache["cross_k"], cache["cross_v"]
             else:
-                k, v = (self._heads(t) for t in self.proj.cross_kv(memory))
+                k, v = self.memory_kv(memory)
                 if cache is not None:  # contiguous once, so no step copies them for matmul
                     k, v = k.contiguous(), v.contiguous()
                     cache["cross_k"], cache["cross_v"] = k, v
@@ -301,6 +301,11 @@ class Attention(nn.Module):
         else:
             y = attend(q, k, v, key_mask, causal, scale, p)  # [B,H,T,Dh]
         return self.out(y.transpose(1, 2).flatten(2))  # [B,T,D]
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of memory [B,S,D] -> 2 x [B,H,S,Dh]."""
+        k, v = self.proj.cross_kv(memory)
+        return self._heads(k), self._heads(v)
 
     @staticmethod
     def _grouped(q, k, v, key_mask, scale, p, G):
@@ -479,6 +484,13 @@ class Transformer(nn.Module):
         return self.decode(tgt_in, memory, src_mask, tgt_in.ne(self.pad_id))
 
     # ------------------------------------------------------------------ cache
+    def cross_cache(self, memory: torch.Tensor) -> list[Cache]:
+        """Per decoder layer {"cross_k", "cross_v"} [B,H,S,Dh] of memory [B,S,D], to share
+        between decoder passes over the same memory (the two passes of scheduled sampling):
+        give each pass its own shallow copy (``[dict(c) for c in cross]``) as ``cache``."""
+        return [dict(zip(("cross_k", "cross_v"), layer.cross_attn.memory_kv(memory)))
+                for layer in self.decoder]
+
     def new_cache(self) -> list[Cache]:
         return [{} for _ in self.decoder]
 

@@ -33,9 +33,11 @@ class Strategy:
         self.cfg = cfg
 
     def decoder_inputs(
-        self, model, batch: Batch, memory: torch.Tensor, src_mask: torch.Tensor, progress: Progress
+        self, model, batch: Batch, memory: torch.Tensor, src_mask: torch.Tensor,
+        progress: Progress, cross: list | None = None,
     ) -> torch.Tensor:
-        """Ids [B,T] or raw embeddings [B,T,D] for the (second) decoder pass."""
+        """Ids [B,T] or raw embeddings [B,T,D] for the (second) decoder pass. ``cross``: the
+        memory's cross-attention K/V (``model.cross_cache``), for a first pass to reuse."""
         return batch.tgt_in
 
     def extra_hidden(self) -> list[tuple[float, torch.Tensor]]:
@@ -103,7 +105,14 @@ def _sample(logits, table, cfg):
 
 
 def _soft(logits, table, cfg):
-    return (cfg.alpha * logits.float()).softmax(-1).to(table.dtype) @ table  # expected embedding
+    # the expected embedding. The softmax stays in the logits' dtype (bf16 under autocast: the
+    # kernel accumulates in fp32 and rounds each weight once, as the autocast cast of an fp32
+    # softmax would before the bf16 matmul), so no [N,V] fp32 copy is made and cast back
+    scaled = logits if cfg.alpha == 1.0 else cfg.alpha * logits.float()
+    weights = scaled.softmax(-1)
+    if not torch.is_autocast_enabled(weights.device.type):
+        weights = weights.to(table.dtype)
+    return weights @ table
 
 
 def _topk_soft(logits, table, cfg):
@@ -163,13 +172,13 @@ class ScheduledSampling(Strategy):
             return f
         return step_probability(f, self.cfg.step_eps, length, self.cfg.p_min, device)
 
-    def decoder_inputs(self, model, batch, memory, src_mask, progress):
+    def decoder_inputs(self, model, batch, memory, src_mask, progress, cross=None):
         p = self.gold_p(progress, batch.tgt_in.shape[1], batch.tgt_in.device)
         all_gold = p >= 1.0 if isinstance(p, float) else bool((p >= 1.0).all())
         if all_gold and self.cfg.mle_weight == 0:
             self._record(batch, p, use_gold=None, differs=None)
             return batch.tgt_in
-        return self.mixed_inputs(model, batch, memory, src_mask, p)
+        return self.mixed_inputs(model, batch, memory, src_mask, p, cross)
 
     def draw_gold_mask(self, tgt_in: torch.Tensor, p) -> torch.Tensor:
         """use_gold [B,T]: Bernoulli(p) per token (or one draw per sentence / per batch with
@@ -183,14 +192,15 @@ class ScheduledSampling(Strategy):
         replaceable[:, 0] = False  # BOS slot
         return (u < p_slots) | ~replaceable
 
-    def predict_at(self, model, batch, memory, src_mask, replace: torch.Tensor):
+    def predict_at(self, model, batch, memory, src_mask, replace: torch.Tensor, cross=None):
         """The first pass, read only where needed. replace [B,T] (slot 0 never set): the slots
         fed a prediction; slot t is predicted from first-pass position t-1.
         -> (predicted: ids [N] or raw embeddings [N,D]; its top token [N]), N = replace.sum()."""
         cfg, tgt_in = self.cfg, batch.tgt_in
         with torch.set_grad_enabled(torch.is_grad_enabled() and (
                 cfg.first_pass_grad or cfg.mle_weight > 0)):
-            hidden1 = model.decode_hidden(tgt_in, memory, src_mask, batch.tgt_out.ne(PAD))
+            hidden1 = model.decode_hidden(tgt_in, memory, src_mask, batch.tgt_out.ne(PAD),
+                                          cache=None if cross is None else [dict(c) for c in cross])
             # project only the N positions whose prediction is fed (p = 0.5: half the GEMM)
             # [N,V], kept in the projection's dtype: argmax needs no float32 copy (the bf16
             # values upcast are the same values), the probability kinds take their own
@@ -206,14 +216,14 @@ class ScheduledSampling(Strategy):
         top = predicted if predicted.dtype == torch.long else row_argmax(logits1)  # [N]
         return predicted, top
 
-    def mixed_inputs(self, model, batch, memory, src_mask, p) -> torch.Tensor:
+    def mixed_inputs(self, model, batch, memory, src_mask, p, cross=None) -> torch.Tensor:
         """Predictions mixed with gold for a given p (float or [T]), without the p = 1 shortcut.
         -> ids [B,T] (argmax, sample, oracle) or raw embeddings [B,T,D] (soft kinds)."""
         tgt_in = batch.tgt_in
         self._extra = []
         use_gold = self.draw_gold_mask(tgt_in, p)
         replace = ~use_gold
-        predicted, top = self.predict_at(model, batch, memory, src_mask, replace)
+        predicted, top = self.predict_at(model, batch, memory, src_mask, replace, cross)
         self._record(batch, p, use_gold, top.ne(tgt_in[replace]).sum())
         if predicted.dtype == torch.long:
             return tgt_in.masked_scatter(replace, predicted)  # ids [B,T]
@@ -284,11 +294,11 @@ class SentenceOracle(ScheduledSampling):
         self._cache: dict[int, tuple[int, list[int]]] = {}
         self._update = 0
 
-    def decoder_inputs(self, model, batch, memory, src_mask, progress):
+    def decoder_inputs(self, model, batch, memory, src_mask, progress, cross=None):
         self._update = progress.update
-        return super().decoder_inputs(model, batch, memory, src_mask, progress)
+        return super().decoder_inputs(model, batch, memory, src_mask, progress, cross)
 
-    def predict_at(self, model, batch, memory, src_mask, replace):
+    def predict_at(self, model, batch, memory, src_mask, replace, cross=None):
         oracle = self.oracle(model, batch)[replace[:, 1:]]  # [N]
         return oracle, oracle
 

@@ -85,8 +85,11 @@ class LossModule(nn.Module):
     def forward(self, batch, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
         memory, src_mask = self.model.encode(batch.src)
         tgt_mask = batch.tgt_out.ne(PAD)  # from gold lengths, never from mixed inputs
-        inputs = self._timed_inputs(batch, memory, src_mask, progress)
-        hidden = self.model.decode_hidden(inputs, memory, src_mask, tgt_mask)  # [B,T,D]
+        # the cross-attention K/V of memory, once: a two-pass strategy's first pass reuses them
+        cross = self.model.cross_cache(memory)
+        inputs = self._timed_inputs(batch, memory, src_mask, progress, cross)
+        hidden = self.model.decode_hidden(inputs, memory, src_mask, tgt_mask,
+                                          cache=[dict(c) for c in cross])  # [B,T,D]
         logits = self.model.project(hidden[tgt_mask])  # [N,V]: only real target tokens
         loss, nll = label_smoothed_nll(logits, batch.tgt_out[tgt_mask], self.eps)
         for weight, extra in self.strategy.extra_hidden():  # e.g. the first pass (mle_weight)
@@ -95,10 +98,13 @@ class LossModule(nn.Module):
                                                       self.eps)[0]
         return loss, nll
 
-    def _timed_inputs(self, batch, memory, src_mask, progress):
+    def _timed_inputs(self, batch, memory, src_mask, progress, cross):
         """The strategy's decoder inputs, its time added up (not for teacher forcing; on CUDA
         with events, so the step never waits for the device)."""
-        ask = self.strategy.decoder_inputs
+        def ask(model, batch, memory, src_mask, progress):
+            return self.strategy.decoder_inputs(model, batch, memory, src_mask, progress,
+                                                cross=cross)
+
         if isinstance(self.strategy, TeacherForcing):
             return ask(self.model, batch, memory, src_mask, progress)
         if memory.is_cuda:

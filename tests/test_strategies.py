@@ -107,8 +107,8 @@ def test_two_pass_path_with_all_gold_is_teacher_forcing(name, kw):
     model, batch = _model(), _batch()
     ref = _loss_and_grads(model, TeacherForcing(StrategyConfig()), batch)
     strategy = _strategy(name, p=1.0, **kw)
-    strategy.decoder_inputs = lambda m, b, mem, sm, progress: strategy.mixed_inputs(
-        m, b, mem, sm, 1.0)
+    strategy.decoder_inputs = lambda m, b, mem, sm, progress, cross=None: strategy.mixed_inputs(
+        m, b, mem, sm, 1.0, cross)
     _assert_same(_loss_and_grads(model, strategy, batch), ref)
     stats = strategy.stats()
     assert stats["replaced"] == 0.0 and stats["pred_differs"] is None  # nothing was fed
@@ -509,3 +509,58 @@ def json_roundtrip(obj):
     import json
 
     return json.loads(json.dumps(obj))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.5])
+def test_soft_input_under_bf16_autocast_matches_the_float32_softmax(alpha):
+    """The soft input's softmax runs in the logits' dtype (bf16 under autocast) without an fp32
+    copy; its weights are what the bf16 matmul got from an fp32 softmax, to bf16 rounding."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(6, 40, generator=g) * 3).to(torch.bfloat16)
+    table = torch.randn(40, 8, generator=g)
+    cfg = StrategyConfig(name="scheduled_sampling", predicted="soft", alpha=alpha)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = PREDICTED["soft"](logits, table, cfg)
+    want = (alpha * logits.float()).softmax(-1) @ table
+    assert got.shape == (6, 8)
+    torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.02)
+    # without autocast (fp32 training) the weights take the table's dtype
+    got32 = PREDICTED["soft"](logits.float(), table, cfg)
+    torch.testing.assert_close(got32, want, rtol=1e-5, atol=1e-5)
+
+
+def test_first_pass_shares_the_cross_attention_kv_and_changes_nothing():
+    """LossModule computes the memory's cross-attention K/V once (``cross_cache``); the first
+    pass and the second reuse them. Loss and gradients equal the unshared computation (each
+    pass projecting memory itself), dropout on, same seed."""
+    import gapless.model as gm
+    from gapless.train import label_smoothed_nll
+
+    model, batch = _model(dropout=0.1), _batch()
+    strategy = _strategy(p=0.5, predicted="argmax")
+    calls = []
+    original = gm.Attention.memory_kv
+
+    def counting(self, memory):
+        calls.append(1)
+        return original(self, memory)
+
+    gm.Attention.memory_kv = counting
+    try:
+        shared = _loss_and_grads(model, strategy, batch)
+    finally:
+        gm.Attention.memory_kv = original
+    assert len(calls) == model.cfg.dec_layers  # once per layer, not once per pass
+
+    torch.manual_seed(5)  # the unshared reference, by hand
+    model.zero_grad()
+    memory, src_mask = model.encode(batch.src)
+    inputs = strategy.decoder_inputs(model, batch, memory, src_mask, AT)  # no cross: own K/V
+    mask = batch.tgt_out.ne(PAD)
+    hidden = model.decode_hidden(inputs, memory, src_mask, mask)
+    loss, nll = label_smoothed_nll(model.project(hidden[mask]), batch.tgt_out[mask], 0.1)
+    loss.backward()
+    unshared = (loss.detach(), nll, [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(shared[0], unshared[0])
+    for a, b in zip(shared[2], unshared[2]):
+        torch.testing.assert_close(a, b)

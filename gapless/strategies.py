@@ -91,7 +91,11 @@ def categorical_sample(logits: torch.Tensor, temperature: float = 1.0) -> torch.
     (``right=True``: ids of probability 0, e.g. PAD/BOS at -inf, are never drawn). The same
     distribution as the Gumbel-max argmax(logits / tau + G) of OR-NMT (Zhang et al. 2019,
     eq. 10-11), without [N,V] uniforms and two logs per element (``benchmarks/cpu_tweaks.py``)."""
-    cdf = (logits.float() / temperature).softmax(-1).cumsum_(-1)  # [N,V]
+    if temperature == 1.0:  # the fp32 softmax reads the logits directly: no [N,V] copy
+        cdf = torch.softmax(logits, -1, dtype=torch.float32).cumsum_(-1)  # [N,V]
+    else:
+        # a fresh float32 copy (also of float32 logits: the caller's tensor stays), scaled in place
+        cdf = logits.to(torch.float32, copy=True).div_(temperature).softmax(-1).cumsum_(-1)
     total = cdf[..., -1:]
     u = torch.rand(*cdf.shape[:-1], 1, device=cdf.device) * total
     u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # u < total, whatever rand

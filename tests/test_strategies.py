@@ -564,3 +564,21 @@ def test_first_pass_shares_the_cross_attention_kv_and_changes_nothing():
     torch.testing.assert_close(shared[0], unshared[0])
     for a, b in zip(shared[2], unshared[2]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_categorical_sample_draws_the_reference_inverse_cdf(temperature):
+    """bf16 logits: the same draws as the plain float32 inverse CDF with the same uniforms."""
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(50, 30, generator=g) * 2).to(torch.bfloat16)
+    for x in (logits, logits.float()):  # the caller's logits are never scaled in place
+        before = x.clone()
+        categorical_sample(x, temperature)
+        assert torch.equal(x, before)
+    torch.manual_seed(11)
+    got = categorical_sample(logits, temperature)
+    torch.manual_seed(11)
+    cdf = (logits.float() / temperature).softmax(-1).cumsum(-1)
+    u = torch.rand(50, 1) * cdf[:, -1:]
+    want = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(29)
+    assert torch.equal(got, want)

@@ -363,8 +363,13 @@ class DecoderLayer(nn.Module):
         self.res2 = residual(_norm(cfg), cfg.dropout)
         self.res3 = residual(_norm(cfg), cfg.dropout)
 
-    def forward(self, x, memory, src_key_mask, mask, cache):
+    def forward(self, x, memory, src_key_mask, mask, cache, rows=None):
+        """x [B,T,D] -> [B,T,D]; with rows [B,R] (positions) only those positions continue
+        after the self-attention, which still gives every position its keys: -> [B,R,D]."""
         x = self.res1(x, lambda h: self.self_attn(h, causal=True, cache=cache), mask)
+        if rows is not None:
+            x = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
+            mask = None if mask is None else mask.gather(1, rows)
         x = self.res2(
             x, lambda h: self.cross_attn(h, memory, key_mask=src_key_mask, cache=cache), mask
         )
@@ -459,16 +464,32 @@ class Transformer(nn.Module):
         tgt_mask: torch.Tensor | None = None,  # [B,T] real target tokens (BatchNorm only)
         cache: list[Cache] | None = None,
         start: int = 0,  # position of tgt[:, 0] (cached decoding)
+        rows: torch.Tensor | None = None,  # [B,R] positions wanted (position-wise models)
     ) -> torch.Tensor:
+        """Hidden states [B,T,D], or [B,R,D] at positions ``rows``: the last layer then runs
+        its cross-attention and feed-forward only there (a first pass of scheduled sampling
+        needs the replaced slots' predictions only)."""
+        if rows is not None and not self.position_wise:
+            raise ValueError("decode_hidden(rows=...) needs position-wise norms (not batch)")
         emb = self.embed_target(tgt) if tgt.dtype == torch.long else tgt
         x = emb * self.embed_scale + self.tgt_pos(start, emb.shape[1])
         x = self.dropout(x)
         key_mask = src_mask[:, None, None, :]
+        last = len(self.decoder) - 1
         for i, layer in enumerate(self.decoder):
-            x = layer(x, memory, key_mask, tgt_mask, None if cache is None else cache[i])
+            x = layer(x, memory, key_mask, tgt_mask, None if cache is None else cache[i],
+                      rows if i == last else None)
         if self.dec_norm is not None:
+            if rows is not None and tgt_mask is not None:
+                tgt_mask = tgt_mask.gather(1, rows)
             x = self.dec_norm(x, tgt_mask)
-        return x  # [B,T,D]
+        return x  # [B,T,D] ([B,R,D] with rows)
+
+    @property
+    def position_wise(self) -> bool:
+        """Each layer maps every position on its own given the attention (true unless
+        BatchNorm, whose training statistics span the batch's positions)."""
+        return self.cfg.norm != "batch"
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> logits [..., V]."""

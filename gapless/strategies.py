@@ -21,8 +21,8 @@ from .schedules import Progress, gold_probability, step_probability
 
 __all__ = [
     "PREDICTED", "STRATEGIES", "Progress", "ScheduledSampling", "SentenceOracle", "Strategy",
-    "TeacherForcing", "WordOracle", "build_strategy", "categorical_sample", "gumbel_noise", "mix",
-    "topk_weights",
+    "TeacherForcing", "WordOracle", "build_strategy", "categorical_sample", "fed_positions",
+    "gumbel_noise", "mix", "topk_weights",
 ]
 
 
@@ -139,6 +139,20 @@ PREDICTED: dict[str, Callable[[torch.Tensor, torch.Tensor, StrategyConfig], torc
 }
 
 
+def fed_positions(replace: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first-pass positions whose prediction is fed: replace [B,T] (slot t takes the
+    prediction of position t-1) -> (rows [B,R], valid [B,R]): each sentence's positions in
+    ascending order, padded with position 0 (valid False); R = the most in one sentence.
+    ``hidden[valid]`` of a [B,R,D] read at ``rows`` lists them as ``hidden[:, :-1][replace[:, 1:]]``."""
+    sel = replace[:, 1:]  # [B,T-1]
+    width = sel.shape[1]
+    R = int(sel.sum(1).max()) if sel.numel() else 0
+    pos = torch.arange(width, device=sel.device).expand_as(sel)
+    rows = torch.where(sel, pos, width).sort(dim=1).values[:, :R]  # unselected sort last
+    valid = rows < width
+    return rows.masked_fill(~valid, 0), valid
+
+
 def mix(use_gold: torch.Tensor, gold: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
     """Per slot gold or predicted: use_gold [B,T]; gold / predicted both ids [B,T] or both raw
     embeddings [B,T,D]. Mixing ids then embedding == embedding then mixing."""
@@ -153,8 +167,9 @@ class ScheduledSampling(Strategy):
     1. per slot gold with probability p (the schedule; a [T] vector with step_eps), BOS and PAD
        slots always gold, drawn first;
     2. first pass: teacher-forced decoder on ``tgt_in`` (no_grad unless first_pass_grad or
-       mle_weight; dropout as in training); position t-1 predicts slot t, and only the slots
-       to be replaced are projected to the vocabulary (the projection dominates the pass);
+       mle_weight; dropout as in training; cross-attention K/V shared with the second pass);
+       position t-1 predicts slot t, and only the positions feeding a replaced slot go
+       through the last layer's cross-attention and feed-forward and the projection;
     3. predicted input per replaced slot (``cfg.predicted``, PREDICTED); raw embeddings mixed,
        so the model scales, adds the true position and drops out once. Token predictions are
        mixed as ids (identical, cheaper).
@@ -201,14 +216,24 @@ class ScheduledSampling(Strategy):
         fed a prediction; slot t is predicted from first-pass position t-1.
         -> (predicted: ids [N] or raw embeddings [N,D]; its top token [N]), N = replace.sum()."""
         cfg, tgt_in = self.cfg, batch.tgt_in
+        cache = None if cross is None else [dict(c) for c in cross]
+        tgt_mask = batch.tgt_out.ne(PAD)
         with torch.set_grad_enabled(torch.is_grad_enabled() and (
                 cfg.first_pass_grad or cfg.mle_weight > 0)):
-            hidden1 = model.decode_hidden(tgt_in, memory, src_mask, batch.tgt_out.ne(PAD),
-                                          cache=None if cross is None else [dict(c) for c in cross])
-            # project only the N positions whose prediction is fed (p = 0.5: half the GEMM)
+            # only the N positions whose prediction is fed go through the last layer's
+            # cross-attention and feed-forward and the projection (p = 0.5: about half);
+            # the first-pass loss (mle_weight) needs every position
+            if cfg.mle_weight == 0 and model.position_wise:
+                rows, valid = fed_positions(replace)
+                hidden1 = model.decode_hidden(tgt_in, memory, src_mask, tgt_mask, cache,
+                                              rows=rows)  # [B,R,D]
+                fed = hidden1[valid]  # [N,D]
+            else:
+                hidden1 = model.decode_hidden(tgt_in, memory, src_mask, tgt_mask, cache)
+                fed = hidden1[:, :-1][replace[:, 1:]]
             # [N,V], kept in the projection's dtype: argmax needs no float32 copy (the bf16
             # values upcast are the same values), the probability kinds take their own
-            logits1 = model.project(hidden1[:, :-1][replace[:, 1:]])
+            logits1 = model.project(fed)
         if cfg.mle_weight > 0 and hidden1.requires_grad:
             self._extra = [(cfg.mle_weight, hidden1)]
         if not cfg.first_pass_grad:

@@ -415,3 +415,33 @@ def test_extend_cache_reorders_and_appends_in_one_copy():
     leaf = new.clone().requires_grad_()
     extend_cache(past, leaf, second).sum().backward()
     torch.testing.assert_close(leaf.grad, torch.ones_like(new))
+
+
+@pytest.mark.parametrize("combo", ["paper", "pre_rms_qknorm_learned", "sharedqk_noscale_untied"])
+def test_decode_hidden_at_rows_equals_the_full_pass_there(combo):
+    """rows [B,R]: the last layer continues only at those positions after its self-attention
+    (the first pass of scheduled sampling); the states there equal the full pass's."""
+    model = make_model(**COMBOS[combo]).eval()
+    src, tgt = _src_tgt()
+    rows = torch.tensor([[0, 2, 5], [1, 1, 0], [4, 3, 2]])  # any order, repeats allowed
+    seen = []
+    last_ffn = model.decoder[-1].ffn
+    hook = last_ffn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    with torch.no_grad():
+        memory, src_mask = model.encode(src)
+        full = model.decode_hidden(tgt, memory, src_mask)
+        part = model.decode_hidden(tgt, memory, src_mask, rows=rows)
+    hook.remove()
+    assert part.shape == (3, 3, D)
+    torch.testing.assert_close(part, full.gather(1, rows[..., None].expand(-1, -1, D)))
+    assert seen == [tgt.shape[1], 3]  # the full pass, then only R positions
+    assert model.position_wise
+
+
+def test_decode_hidden_rows_refuses_batchnorm():
+    model = make_model(**COMBOS["noproj_batchnorm_unscaled"]).eval()
+    src, tgt = _src_tgt()
+    memory, src_mask = model.encode(src)
+    assert not model.position_wise
+    with pytest.raises(ValueError, match="position-wise"):
+        model.decode_hidden(tgt, memory, src_mask, rows=torch.zeros(3, 1, dtype=torch.long))

@@ -26,6 +26,7 @@ from gapless.strategies import (
     TeacherForcing,
     build_strategy,
     categorical_sample,
+    fed_positions,
     gumbel_noise,
     mix,
     topk_weights,
@@ -582,3 +583,17 @@ def test_categorical_sample_draws_the_reference_inverse_cdf(temperature):
     u = torch.rand(50, 1) * cdf[:, -1:]
     want = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(29)
     assert torch.equal(got, want)
+
+
+def test_fed_positions_list_the_replaced_slots_predictors_in_order():
+    replace = torch.tensor([[False, True, False, True, True],
+                            [False, False, False, False, False],
+                            [False, False, True, False, False]])
+    rows, valid = fed_positions(replace)
+    assert rows.tolist() == [[0, 2, 3], [0, 0, 0], [1, 0, 0]]
+    assert valid.tolist() == [[True, True, True], [False, False, False], [True, False, False]]
+    hidden = torch.arange(3 * 5).view(3, 5, 1).float()  # position id as the state
+    read = hidden.gather(1, rows[..., None])
+    assert torch.equal(read[valid], hidden[:, :-1][replace[:, 1:]])
+    none_rows, none_valid = fed_positions(torch.zeros(2, 4, dtype=torch.bool))
+    assert none_rows.shape == none_valid.shape == (2, 0)

@@ -9,6 +9,8 @@ Shapes: B sentences, T target slots (``tgt_in`` = [BOS, y1 .. y_{T-1}]), D model
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections.abc import Callable
 
 import torch
@@ -17,6 +19,7 @@ from .config import StrategyConfig
 from .data import BOS, PAD, Batch
 from .decode import ModelStepper, beam_search, row_argmax
 from .metrics import sentence_bleu
+from .packing import pack_linears
 from .schedules import Progress, gold_probability, step_probability
 
 __all__ = [
@@ -307,6 +310,21 @@ class WordOracle(ScheduledSampling):
         self.predicted = "sample"
 
 
+def search_model(model) -> tuple:
+    """(model to decode with, context to decode in) for a search inside a training step.
+    On CPU under bf16 autocast: a frozen bf16 copy of the (eval-mode) model with prepacked
+    linears (``gapless/packing.py``), run without autocast, so the search neither re-casts
+    activations at every op nor re-packs weights at every GEMM; otherwise the model itself
+    in the current context. The copy costs one pass over the weights per search."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if not (on_cpu and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return model, contextlib.nullcontext()
+    twin = copy.deepcopy(model).requires_grad_(False).to(torch.bfloat16)
+    pack_linears(twin)
+    return twin, torch.autocast("cpu", enabled=False)
+
+
 class SentenceOracle(ScheduledSampling):
     """OR-NMT's sentence-level oracle (Zhang et al. 2019), methods.md 4: per source, a
     length-constrained beam search (eval mode, no grad) gives candidates of exactly the
@@ -371,8 +389,9 @@ class SentenceOracle(ScheduledSampling):
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                stepper = ModelStepper(model, batch.src, repeat=K)
+            searcher, context = search_model(model)
+            with torch.no_grad(), context:
+                stepper = ModelStepper(searcher, batch.src, repeat=K)
                 # min_len = max_len = n: EOS forbidden before step n, only EOS at step n
                 nbest = beam_search(stepper, B, K, max_len=lengths, min_len=lengths, nbest=K,
                                     step_hook=hook, device=device)

@@ -407,6 +407,29 @@ def test_sentence_oracle_has_the_reference_length_and_restores_the_mode(training
     assert not bool((oracle.eq(BOS) | oracle.eq(EOS)).any())
 
 
+def test_oracle_search_under_cpu_bf16_autocast_uses_a_packed_bf16_twin():
+    """Under CPU bf16 autocast the search decodes a frozen bf16 copy with prepacked linears
+    (outside autocast); the training model keeps its fp32 weights, gradients and mode, and
+    the oracle still has exactly the reference length."""
+    from gapless.packing import PackedLinear, packing_available
+    from gapless.strategies import search_model
+
+    model, batch = _model(dropout=0.1), _batch()
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        twin, context = search_model(model)
+        oracle = _oracle_strategy().oracle(model, batch)
+    assert twin is not model and next(twin.parameters()).dtype == torch.bfloat16
+    assert isinstance(context, torch.autocast)  # decoded with autocast off
+    assert not any(p.requires_grad for p in twin.parameters())
+    assert any(isinstance(m, PackedLinear) for m in twin.modules()) == packing_available()
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
+    assert model.training
+    assert torch.equal(oracle.ne(PAD), batch.tgt_in[:, 1:].ne(PAD))
+    same, _ = search_model(model)  # no autocast: the model itself
+    assert same is model
+
+
 def test_sentence_oracle_picks_the_best_bleu_candidate(monkeypatch):
     """Scripted beams: sentence 0's second beam is the reference (BLEU 1) and wins; sentence 1
     has only zero-BLEU candidates: the beam's best (first) is kept."""

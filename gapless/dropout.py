@@ -39,7 +39,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
     # {0, 1/(1-p)} in x's dtype; bool -> float has no vectorised CPU kernel, uint8 -> float
-    # has (the same 0/1 bytes): ~7x faster on a [1920, 256] bf16 mask
+    # has (the same 0/1 bytes); A/B against F.dropout in benchmarks/cpu_tweaks.py
     mask = keep_mask(x.shape, p, x.device).view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - p))
     return x * mask  # backward: grad * mask (autograd keeps mask)
 

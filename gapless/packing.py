@@ -44,7 +44,9 @@ class PackedLinear(nn.Module):
 
     def _packed_weight(self) -> torch.Tensor:
         w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+        # inference tensors (made under torch.inference_mode) keep no version counter
+        version = None if w.is_inference() else w._version
+        key = (w.data_ptr(), version, w.dtype, tuple(w.shape))
         if key != self._key:
             self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
             self._key = key

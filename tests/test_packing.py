@@ -68,3 +68,15 @@ def test_pack_linears_keeps_ties_state_and_decoding():
     assert model.output.weight is model.tgt_embed.weight  # the output tie survives
     assert model.state_dict().keys() == state.keys()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_linear_under_inference_mode():
+    """Weights made under torch.inference_mode have no version counter: packing still works."""
+    with torch.inference_mode():
+        lin = nn.Linear(8, 4)
+        packed = PackedLinear(lin)
+        x = torch.randn(2, 8)
+        torch.testing.assert_close(packed(x), lin(x), rtol=1e-5, atol=1e-5)
+    plain = PackedLinear(nn.Linear(8, 4))
+    with torch.inference_mode():
+        assert plain(torch.randn(2, 8)).shape == (2, 4)

@@ -30,6 +30,7 @@ from .data import PAD, collate, token_batches
 from .evaluate import Translator, autocast, build_model, resolve_device
 from .metrics import corpus_scores
 from .prepare import prepare
+from .runtime import release_free_memory
 from .strategies import Progress, Strategy, TeacherForcing, build_strategy
 
 log = logging.getLogger(__name__)
@@ -365,6 +366,7 @@ def train(
             if state.update % t.log_every == 0:
                 interval = {"tokens": 0, "loss": 0.0, "nll": 0.0, "start": time.perf_counter(),
                             "updates": 0}
+                release_free_memory()  # inside the next interval's timing: its cost counts
 
             out_of_time = t.max_minutes > 0 and state.elapsed_s >= t.max_minutes * 60
             out_of_time = ddp.broadcast_flag(out_of_time)

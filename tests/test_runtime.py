@@ -20,3 +20,11 @@ def test_opt_out_leaves_malloc_alone():
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
 def test_glibc_accepts_every_setting():
     assert tune_malloc({}) is True
+
+
+def test_release_free_memory_opt_out_and_glibc():
+    from gapless.runtime import release_free_memory
+
+    assert release_free_memory({"GAPLESS_MALLOC": "0"}) is False
+    if GLIBC:
+        assert release_free_memory({}) is True

@@ -393,3 +393,15 @@ def test_ddp_resume_with_dropout_is_exact(prepared, tmp_path):
     for name in a:
         x, y = _without_key_bias(name, a[name], inner), _without_key_bias(name, b[name], inner)
         torch.testing.assert_close(y, x, atol=1e-6, rtol=0, msg=name)
+
+
+def test_training_releases_free_heap_once_per_log_interval(prepared, tmp_path, monkeypatch):
+    """glibc keeps freed blocks of ever-new batch shapes: the loop trims the heap at every
+    log interval (gapless/runtime.py), not at every update."""
+    import gapless.train as train_mod
+
+    calls = []
+    monkeypatch.setattr(train_mod, "release_free_memory", lambda: calls.append(1))
+    run = _fresh_run(prepared, tmp_path / "run")
+    train(_cfg(prepared[0], **{"train.max_updates": 10}), run)  # log_every 5
+    assert len(calls) == 2

@@ -81,50 +81,51 @@ def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
             "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
 
 
-def decode_child(run: str, passes: int) -> list[float]:
-    import torch
-
+def _test2016_ids(run: str, translator) -> list[list[int]]:
+    """The run's test2016 sources as SentencePiece ids (the decoding A/Bs' input)."""
     from gapless import config as config_mod
     from gapless.corpora import split_paths
     from gapless.data import read_parallel
+
+    d = config_mod.load(Path(run) / "config.yaml").data
+    src, _ = read_parallel(*split_paths(d.corpus, "test2016", d.src_lang, d.tgt_lang,
+                                        d.data_dir, d.download))
+    return translator.vocab.encode(src)
+
+
+def _timed_pass(translator, ids) -> tuple[float, list[list[int]]]:
+    """(sentences/s, hypotheses) of one beam-5 pass over ``ids``."""
+    start = time.perf_counter()
+    hyps = translator.translate_ids(ids, beam=5)
+    return len(ids) / (time.perf_counter() - start), hyps
+
+
+def decode_child(run: str, passes: int) -> list[float]:
+    import torch
+
     from gapless.evaluate import load
 
     torch.set_num_threads(2)
     translator = load(run, "best", "cpu", "bf16")
-    d = config_mod.load(Path(run) / "config.yaml").data
-    src, _ = read_parallel(*split_paths(d.corpus, "test2016", d.src_lang, d.tgt_lang,
-                                        d.data_dir, d.download))
-    ids = translator.vocab.encode(src)
+    ids = _test2016_ids(run, translator)
     translator.translate_ids(ids[:64], beam=5)
-    out = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        translator.translate_ids(ids, beam=5)
-        out.append(len(ids) / (time.perf_counter() - start))
-    return out
+    return [_timed_pass(translator, ids)[0] for _ in range(passes)]
 
 
 def packing_ab(run: str, pairs: int) -> dict:
     import torch
 
-    from gapless import config as config_mod
-    from gapless.corpora import split_paths
-    from gapless.data import read_parallel
     from gapless.evaluate import load
 
     models = {"packed": load(run, "best", "cpu", "bf16", pack=True),
               "plain": load(run, "best", "cpu", "bf16", pack=False)}
-    d = config_mod.load(Path(run) / "config.yaml").data
-    src, _ = read_parallel(*split_paths(d.corpus, "test2016", d.src_lang, d.tgt_lang,
-                                        d.data_dir, d.download))
-    ids = models["packed"].vocab.encode(src)
+    ids = _test2016_ids(run, models["packed"])
     hyps = {k: m.translate_ids(ids[:64], beam=5) for k, m in models.items()}  # warm-up
     speed: dict[str, list[float]] = {k: [] for k in models}
     for i in range(pairs):
         for k in (("packed", "plain") if i % 2 == 0 else ("plain", "packed")):
-            start = time.perf_counter()
-            hyps[k] = models[k].translate_ids(ids, beam=5)
-            speed[k].append(len(ids) / (time.perf_counter() - start))
+            sent_s, hyps[k] = _timed_pass(models[k], ids)
+            speed[k].append(sent_s)
     ratios = [a / b for a, b in zip(speed["packed"], speed["plain"])]
     return {"sent_s_per_pass": {k: [round(x, 1) for x in v] for k, v in speed.items()},
             "sent_s_median": {k: round(statistics.median(v), 1) for k, v in speed.items()},

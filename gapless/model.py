@@ -29,7 +29,7 @@ def extend_cache(past: torch.Tensor | None, new: torch.Tensor, order: torch.Tens
     """``cat([past[order], new], dim=2)`` written with one copy of the cached steps: past
     [N,H,t,Dh] (None: nothing cached), order [N'] rows of past or None (all), new [N',H,T,Dh]
     -> [N',H,t+T,Dh]. A beam step both reorders and appends, so a reorder-then-cat would copy
-    the cache twice per step (timings in ``benchmarks/cpu_tweaks.py``)."""
+    the cache twice per step."""
     if past is None:
         return new
     if torch.is_grad_enabled() and (new.requires_grad or past.requires_grad):  # out= has no grad

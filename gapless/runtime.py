@@ -12,7 +12,8 @@ beam-search step allocates and frees megabyte tensors ([320, 8000] fp32 log-prob
 so each step paid page faults on fresh pages (in a profile, the fp32 conversion of the
 [320, 8000] logits took ~10x its isolated time). Fixing both thresholds keeps freed blocks in
 the heap for reuse, what jemalloc/tcmalloc preloading does for PyTorch CPU inference; A/B in
-``benchmarks/cpu_tweaks.py``. Set ``GAPLESS_MALLOC=0`` to leave malloc alone (both). Not glibc (macOS, musl): nothing happens.
+``benchmarks/cpu_tweaks.py``. Set ``GAPLESS_MALLOC=0`` to leave malloc alone (both). Not
+glibc (macOS, musl): nothing happens.
 """
 
 from __future__ import annotations
@@ -31,17 +32,25 @@ MALLOC_SETTINGS = {
 }
 
 
+def _glibc(env: dict | None):
+    """glibc's C library, or None when ``GAPLESS_MALLOC=0`` or the C library is not glibc."""
+    env = os.environ if env is None else env
+    if env.get("GAPLESS_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
 def tune_malloc(env: dict | None = None) -> bool:
     """Apply ``MALLOC_SETTINGS`` with glibc's ``mallopt``; True if every one was accepted.
     Skipped (False) when ``GAPLESS_MALLOC=0`` or the C library is not glibc."""
-    env = os.environ if env is None else env
-    if env.get("GAPLESS_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+    libc = _glibc(env)
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.items())
 
@@ -51,13 +60,10 @@ def release_free_memory(env: dict | None = None) -> bool:
     Training calls it once per log interval: batches of ever-new shapes leave freed blocks
     that glibc keeps, so without it RSS climbs step after step with no live tensor behind it.
     Skipped when ``GAPLESS_MALLOC=0`` or the C library is not glibc."""
-    env = os.environ if env is None else env
-    if env.get("GAPLESS_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+    libc = _glibc(env)
+    if libc is None:
         return False
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
+    trim = libc.malloc_trim
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True

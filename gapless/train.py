@@ -10,6 +10,7 @@ epoch, the RNG states and the optimizer, so a killed run resumes to the same res
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -102,10 +103,7 @@ class LossModule(nn.Module):
     def _timed_inputs(self, batch, memory, src_mask, progress, cross):
         """The strategy's decoder inputs, its time added up (not for teacher forcing; on CUDA
         with events, so the step never waits for the device)."""
-        def ask(model, batch, memory, src_mask, progress):
-            return self.strategy.decoder_inputs(model, batch, memory, src_mask, progress,
-                                                cross=cross)
-
+        ask = functools.partial(self.strategy.decoder_inputs, cross=cross)
         if isinstance(self.strategy, TeacherForcing):
             return ask(self.model, batch, memory, src_mask, progress)
         if memory.is_cuda:

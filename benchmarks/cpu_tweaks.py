@@ -12,9 +12,11 @@
   with prepacked linears (``pack=True``, ``gapless/packing.py``) and without, passes
   alternating in a rotating order; sentences/s per pass, ratio per pair, median.
 * ``kernels``: ``row_argmax`` / ``row_topk`` (``gapless/decode.py``) against ``argmax`` /
-  ``topk`` on [N, V] logits, and ``categorical_sample`` (``gapless/strategies.py``) against
-  Gumbel-max sampling, and ``PackedLinear`` against ``F.linear`` at the decoder's shapes,
+  ``topk`` on [N, V] logits, ``categorical_sample`` (``gapless/strategies.py``) against
+  Gumbel-max sampling and against one [N, V] float32 CDF, and ``PackedLinear`` against ``F.linear`` at the decoder's shapes,
   interleaved.
+* ``sampling``: training steps of scheduled sampling's ``sample`` input alternating
+  ``categorical_sample`` and its one-block predecessor (the sampling call's time in the steps).
 
     .venv/bin/python benchmarks/cpu_tweaks.py --run runs/m30k_de_en
 """
@@ -78,6 +80,68 @@ def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
     ratios = [a / b for a, b in zip(times["gapless"], times["torch"])]
     return {"s_per_step_median": {k: round(statistics.median(v), 4) for k, v in times.items()},
             "step_ratio_gapless_to_torch_median": round(statistics.median(ratios), 3),
+            "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
+
+
+def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
+    """Training steps of two-pass scheduled sampling with the ``sample`` input (p = 0.5, the
+    run's config, bf16 autocast) alternating ``categorical_sample`` (128 rows at a time) and
+    the one-block version it replaced, step by step in one process: the step ratio per pair,
+    and the sampling call's own time inside the steps."""
+    import torch
+
+    import gapless.strategies as gs
+    from gapless import config as config_mod
+    from gapless.data import collate, token_batches
+    from gapless.evaluate import autocast, build_model
+    from gapless.prepare import prepare
+    from gapless.schedules import Progress
+    from gapless.train import LossModule
+
+    calls: dict[str, list[float]] = {"blocks": [], "one_block": []}
+
+    def timed(sample, label):
+        def predicted(logits, table, cfg):
+            start = time.perf_counter()
+            ids = sample(logits, cfg.temperature)
+            calls[label].append(time.perf_counter() - start)
+            return ids
+        return predicted
+
+    variants = {"blocks": timed(gs.categorical_sample, "blocks"),
+                "one_block": timed(lambda x, tau: _one_block_sample(x / tau), "one_block")}
+    cfg = config_mod.load(f"{run}/config.yaml", {
+        "strategy.name": "scheduled_sampling", "strategy.predicted": "sample",
+        "strategy.schedule": "constant", "strategy.k": 0.5})
+    data = prepare(cfg, run).train
+    torch.manual_seed(1)
+    model = build_model(cfg).train()
+    module = LossModule(model, gs.build_strategy(cfg.strategy), 0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    original = gs.PREDICTED["sample"]
+    try:
+        for i in range(warmup + pairs):
+            batch = collate(data, batches[i % len(batches)])
+            order = list(variants) if i % 2 == 0 else list(variants)[::-1]
+            for name in order:  # both variants on the same batch
+                gs.PREDICTED["sample"] = variants[name]
+                start = time.perf_counter()
+                with autocast(torch.device("cpu"), "bf16"):
+                    loss, _ = module(batch, Progress(i, 10))
+                (loss / batch.n_tokens).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    finally:
+        gs.PREDICTED["sample"] = original
+    ratios = [a / b for a, b in zip(times["blocks"], times["one_block"])]
+    return {"s_per_step_median": {k: round(statistics.median(v), 4) for k, v in times.items()},
+            "sample_call_ms_median": {k: round(statistics.median(v[warmup:]) * 1e3, 2)
+                                      for k, v in calls.items()},
+            "step_ratio_blocks_to_one_block_median": round(statistics.median(ratios), 3),
             "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
 
 
@@ -152,6 +216,17 @@ def malloc_ab(run: str, pairs: int, passes: int) -> dict:
             "pairs": pairs, "passes_per_process": passes}
 
 
+def _one_block_sample(logits):
+    """Session 4's ``categorical_sample`` at tau = 1: one [N,V] float32 CDF for all rows."""
+    import torch
+
+    cdf = torch.softmax(logits, -1, dtype=torch.float32).cumsum_(-1)
+    total = cdf[..., -1:]
+    u = torch.rand(*cdf.shape[:-1], 1) * total
+    u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+
+
 def kernels_ab(reps: int) -> dict:
     import torch
     import torch.nn.functional as F
@@ -171,6 +246,10 @@ def kernels_ab(reps: int) -> dict:
         # the sample / word-oracle input: inverse CDF vs the Gumbel-max it replaced
         "categorical sample [700,8000] fp32": ((700, 8000), torch.float32, categorical_sample,
                                                lambda x: (x + gumbel_noise(x)).argmax(-1)),
+        # ... and, on a training step's bf16 first-pass logits, 128 rows at a time vs all rows
+        # at once (session 4's version)
+        "categorical sample [900,8000] bf16, blocks vs one": (
+            (900, 8000), torch.bfloat16, categorical_sample, _one_block_sample),
     }
     if packing_available():  # the decoder's linears on a beam step's 320 rows (and 5)
         for rows, d_in, d_out in ((320, 256, 768), (320, 256, 1024), (320, 1024, 256),
@@ -204,7 +283,8 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=3, help="decoding passes per process")
     p.add_argument("--kernel-reps", type=int, default=50)
     p.add_argument("--packing-pairs", type=int, default=6)
-    p.add_argument("--only", default="kernels,packing,dropout,malloc")
+    p.add_argument("--sampling-pairs", type=int, default=16)
+    p.add_argument("--only", default="kernels,packing,dropout,sampling,malloc")
     p.add_argument("--decode-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.decode_child:
@@ -222,6 +302,8 @@ def main() -> None:
         result["packing"] = packing_ab(args.run, args.packing_pairs)
     if "dropout" in parts:
         result["dropout"] = dropout_ab(args.run, args.dropout_pairs, 3)
+    if "sampling" in parts:
+        result["sampling"] = sampling_ab(args.run, args.sampling_pairs, 3)
     if "malloc" in parts:
         result["malloc"] = malloc_ab(args.run, args.malloc_pairs, args.passes)
     info["load_avg_1m_end"] = os.getloadavg()[0]

@@ -5,14 +5,21 @@ every strategy. Time: all strategies in *one* process, interleaved step by step 
 every strategy once on batch r, in a rotating order), so machine drift hits all alike; the
 ratio of a round is its step time over the teacher-forcing step of the same round, and the
 figures are the median over rounds and the ratio of mean step times (amortised: the cached
-oracle's steps differ by design). Memory: each strategy in a fresh process (its own peak RSS).
-Prints one JSON document.
+oracle's steps differ by design). Beside them, each strategy's matrix-product FLOPs per step
+(counted, ``torch.utils.flop_counter``) as a ratio to teacher forcing: the arithmetic floor.
+Memory: each strategy in a fresh process (its own peak RSS). Prints one JSON document.
 
 The batches cycle through ``--cycle`` distinct batches (an "epoch" of that many updates) so the
 cached sentence oracle (``oracle_refresh``) meets its sentences again: refreshed every
 ``4 x cycle`` updates, a quarter of the measured steps search.
 
     .venv/bin/python benchmarks/strategy_speed.py --run runs/NAME   # a prepared run directory
+
+``--set section.key=VALUE`` (repeatable) changes the run's config for every strategy, e.g. the
+model size: ``--set model.d_model=512 --set model.n_heads=8 --set model.ffn_dim=2048
+--set model.enc_layers=6 --set model.dec_layers=6`` is Transformer-base (Vaswani et al. 2017,
+table 3), the size OR-NMT's 1.18x was measured at. The weights are fresh (seed 1): step time
+does not depend on what the model has learnt, except the search's n-best bookkeeping.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ STRATEGIES = {
 MIXING = {"strategy.schedule": "constant", "strategy.k": 0.5}
 
 
-def _setup(run: str, names: list[str], cycle: int):
+def _setup(run: str, names: list[str], cycle: int, changes: dict | None = None):
     """(prepared data, batches, {name: (loss module, optimizer)}), every model from seed 1."""
     import torch
 
@@ -61,7 +68,7 @@ def _setup(run: str, names: list[str], cycle: int):
 
     steps = {}
     for name in names:
-        cfg = config_mod.load(f"{run}/config.yaml", overrides(name, cycle))
+        cfg = config_mod.load(f"{run}/config.yaml", {**(changes or {}), **overrides(name, cycle)})
         torch.manual_seed(1)
         model = build_model(cfg).train()
         module = LossModule(model, build_strategy(cfg.strategy), cfg.train.label_smoothing)
@@ -94,12 +101,13 @@ def overrides(name: str, cycle: int) -> dict:
     return out
 
 
-def interleaved(run: str, steps: int, warmup: int, dtype: str, cycle: int) -> dict:
+def interleaved(run: str, steps: int, warmup: int, dtype: str, cycle: int,
+                changes: dict | None = None) -> dict:
     """Step times of every strategy, interleaved round by round in this process."""
     from gapless.data import collate
 
     names = list(STRATEGIES)
-    data, batches, modules = _setup(run, names, cycle)
+    data, batches, modules = _setup(run, names, cycle, changes)
     times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(warmup + steps):
         batch = collate(data, batches[i % cycle])
@@ -117,20 +125,61 @@ def interleaved(run: str, steps: int, warmup: int, dtype: str, cycle: int) -> di
             "s_per_step_mean": statistics.fmean(times[name]),
             "s_per_step": times[name],
             "step_ratio_to_tf": round(statistics.median(ratios), 3),
+            # the middle half of the rounds' ratios: how far one run's median can move
+            "step_ratio_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]],
             "mean_step_ratio_to_tf": round(statistics.fmean(times[name]) / statistics.fmean(tf), 3),
             "stats": modules[name][0].strategy.stats(),
         }
+    flops = counted_flops(modules, data, batches[:cycle], dtype)
+    for name in names:
+        out[name]["gflop_per_step"] = flops.get(name)
+        out[name]["flop_ratio_to_tf"] = (round(flops[name] / flops["teacher_forcing"], 3)
+                                         if name in flops else None)
     return out
 
 
-def memory(run: str, name: str, steps: int, dtype: str, cycle: int) -> float:
+def counted_flops(modules: dict, data, batches: list, dtype: str) -> dict[str, float]:
+    """GFLOP of matrix products (forward + backward, ``torch.utils.flop_counter``) per step,
+    the mean over ``batches``, per strategy: the arithmetic floor of each step ratio. Not for
+    the sentence oracle, whose search runs prepacked oneDNN linears the counter does not see."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gapless.data import collate
+
+    out = {}
+    for name, (module, opt) in modules.items():
+        if module.strategy.cfg.name == "sentence_oracle":
+            continue
+        counter = FlopCounterMode(display=False)
+        with counter:
+            for i, ids in enumerate(batches):
+                _step(module, opt, collate(data, ids), i, dtype)
+        out[name] = round(counter.get_total_flops() / len(batches) / 1e9, 2)
+    return out
+
+
+def memory(run: str, name: str, steps: int, dtype: str, cycle: int,
+           changes: dict | None = None) -> float:
     """Peak RSS (MB) of a fresh process running ``steps`` steps of one strategy."""
     from gapless.data import collate
 
-    data, batches, modules = _setup(run, [name], cycle)
+    data, batches, modules = _setup(run, [name], cycle, changes)
     for i in range(steps):
         _step(*modules[name], collate(data, batches[i % cycle]), i, dtype)
     return peak_rss_mb()
+
+
+def parse_sets(items: list[str]) -> dict:
+    """["model.d_model=512", ...] -> {"model.d_model": 512, ...} (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def peak_rss_mb() -> float:
@@ -154,11 +203,14 @@ def main() -> None:
     p.add_argument("--cycle", type=int, default=4, help="distinct batches, cycled")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--memory-steps", type=int, default=4)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="change the run's config for every strategy (repeatable)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    changes = parse_sets(args.set)
     if args.worker:  # one strategy's peak memory, in a fresh process
         print(json.dumps(memory(args.run, args.worker, args.memory_steps, args.dtype,
-                                args.cycle)))
+                                args.cycle, changes)))
         return
     info = machine(2)
     peaks = {}
@@ -167,12 +219,12 @@ def main() -> None:
         out = subprocess.run(
             [sys.executable, __file__, "--run", args.run, "--dtype", args.dtype,
              "--cycle", str(args.cycle), "--memory-steps", str(args.memory_steps),
-             "--worker", name],
+             *[f"--set={item}" for item in args.set], "--worker", name],
             check=True, capture_output=True, text=True,
         ).stdout
         peaks[name] = json.loads(out.strip().splitlines()[-1])
     print("[strategy_speed] timing, interleaved ...", file=sys.stderr)
-    results = interleaved(args.run, args.steps, args.warmup, args.dtype, args.cycle)
+    results = interleaved(args.run, args.steps, args.warmup, args.dtype, args.cycle, changes)
     for name, peak in peaks.items():
         results[name]["peak_rss_mb"] = peak
     base = results["teacher_forcing"]["peak_rss_mb"]
@@ -180,7 +232,7 @@ def main() -> None:
         r["rss_ratio_to_tf"] = round(r["peak_rss_mb"] / base, 3)
     info["load_avg_1m_end"] = os.getloadavg()[0]
     print(json.dumps({"benchmark": "strategy_speed", "run": args.run, "machine": info,
-                      "dtype": args.dtype,
+                      "dtype": args.dtype, "config_changes": changes,
                       "steps": args.steps, "warmup": args.warmup, "mixing": MIXING,
                       "cycle": args.cycle, "timing": "interleaved, one process",
                       "targets": {"two_pass_and_word_oracle": 1.25, "sentence_oracle_beam4": 2.5,

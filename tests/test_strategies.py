@@ -620,3 +620,23 @@ def test_fed_positions_list_the_replaced_slots_predictors_in_order():
     assert torch.equal(read[valid], hidden[:, :-1][replace[:, 1:]])
     none_rows, none_valid = fed_positions(torch.zeros(2, 4, dtype=torch.bool))
     assert none_rows.shape == none_valid.shape == (2, 0)
+
+
+def test_soft_costs_two_table_products_more_than_argmax():
+    """With the same mask, the soft input's extra arithmetic over argmax is the expected
+    embedding [N,V] x [V,D] forward and the table's gradient through it backward: 4 N V D
+    FLOPs (the floor behind its step ratio in ``benchmarks/strategy_speed.py``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = _batch()
+    flops, replaced = {}, {}
+    for kind in ("argmax", "soft"):
+        model, strategy = _model(), _strategy(predicted=kind)
+        counter = FlopCounterMode(display=False)
+        torch.manual_seed(5)
+        with counter:
+            LossModule(model, strategy, 0.1)(batch, AT)[0].backward()
+        flops[kind] = counter.get_total_flops()
+        replaced[kind] = round(strategy.stats()["replaced"] * int(_replaceable(batch).sum()))
+    assert replaced["argmax"] == replaced["soft"] > 0
+    assert flops["soft"] - flops["argmax"] == 4 * replaced["soft"] * V * model.cfg.d_model

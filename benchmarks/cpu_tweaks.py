@@ -38,16 +38,43 @@ sys.path.insert(0, str(HERE))
 from train_speed import machine
 
 
+def _alternating_steps(module, opt, data, batches, install: dict, pairs: int,
+                       warmup: int) -> dict[str, list[float]]:
+    """Training steps (bf16 autocast) of ``module`` alternating variants on the same batches,
+    in an order that flips every pair; ``install[name]()`` switches to a variant before its
+    step. -> {name: step seconds after ``warmup`` pairs}."""
+    import torch
+
+    from gapless.data import collate
+    from gapless.evaluate import autocast
+    from gapless.schedules import Progress
+
+    times: dict[str, list[float]] = {name: [] for name in install}
+    for i in range(warmup + pairs):
+        batch = collate(data, batches[i % len(batches)])
+        order = list(install) if i % 2 == 0 else list(install)[::-1]
+        for name in order:  # both variants on the same batch
+            install[name]()
+            start = time.perf_counter()
+            with autocast(torch.device("cpu"), "bf16"):
+                loss, _ = module(batch, Progress(i, 10))
+            (loss / batch.n_tokens).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
     import torch
     import torch.nn.functional as F
 
     import gapless.dropout as gd
     from gapless import config as config_mod
-    from gapless.data import collate, token_batches
-    from gapless.evaluate import autocast, build_model
+    from gapless.data import token_batches
+    from gapless.evaluate import build_model
     from gapless.prepare import prepare
-    from gapless.schedules import Progress
     from gapless.strategies import build_strategy
     from gapless.train import LossModule
 
@@ -60,21 +87,9 @@ def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
     module = LossModule(model, build_strategy(cfg.strategy), 0.1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     batches = token_batches(data.src_lens, data.tgt_lens, 4096, 1, 1)
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    install = {name: (lambda f=f: setattr(gd, "dropout", f)) for name, f in variants.items()}
     try:
-        for i in range(warmup + pairs):
-            batch = collate(data, batches[i % len(batches)])
-            order = list(variants) if i % 2 == 0 else list(variants)[::-1]
-            for name in order:  # both variants on the same batch
-                gd.dropout = variants[name]
-                start = time.perf_counter()
-                with autocast(torch.device("cpu"), "bf16"):
-                    loss, _ = module(batch, Progress(i, 10))
-                (loss / batch.n_tokens).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if i >= warmup:
-                    times[name].append(time.perf_counter() - start)
+        times = _alternating_steps(module, opt, data, batches, install, pairs, warmup)
     finally:
         gd.dropout = variants["gapless"]
     ratios = [a / b for a, b in zip(times["gapless"], times["torch"])]
@@ -92,10 +107,9 @@ def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
 
     import gapless.strategies as gs
     from gapless import config as config_mod
-    from gapless.data import collate, token_batches
-    from gapless.evaluate import autocast, build_model
+    from gapless.data import token_batches
+    from gapless.evaluate import build_model
     from gapless.prepare import prepare
-    from gapless.schedules import Progress
     from gapless.train import LossModule
 
     calls: dict[str, list[float]] = {"blocks": [], "one_block": []}
@@ -119,22 +133,11 @@ def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
     module = LossModule(model, gs.build_strategy(cfg.strategy), 0.1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    install = {name: (lambda f=f: gs.PREDICTED.__setitem__("sample", f))
+               for name, f in variants.items()}
     original = gs.PREDICTED["sample"]
     try:
-        for i in range(warmup + pairs):
-            batch = collate(data, batches[i % len(batches)])
-            order = list(variants) if i % 2 == 0 else list(variants)[::-1]
-            for name in order:  # both variants on the same batch
-                gs.PREDICTED["sample"] = variants[name]
-                start = time.perf_counter()
-                with autocast(torch.device("cpu"), "bf16"):
-                    loss, _ = module(batch, Progress(i, 10))
-                (loss / batch.n_tokens).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if i >= warmup:
-                    times[name].append(time.perf_counter() - start)
+        times = _alternating_steps(module, opt, data, batches, install, pairs, warmup)
     finally:
         gs.PREDICTED["sample"] = original
     ratios = [a / b for a, b in zip(times["blocks"], times["one_block"])]

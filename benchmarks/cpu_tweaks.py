@@ -17,6 +17,8 @@
   interleaved.
 * ``sampling``: training steps of scheduled sampling's ``sample`` input alternating
   ``categorical_sample`` and its one-block predecessor (the sampling call's time in the steps).
+* ``adam``: teacher-forced training steps alternating the trainer's fused Adam and PyTorch's
+  default loop over the tensors (the optimizer step's time in the steps).
 
     .venv/bin/python benchmarks/cpu_tweaks.py --run runs/m30k_de_en
 """
@@ -24,6 +26,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -38,11 +41,11 @@ sys.path.insert(0, str(HERE))
 from train_speed import machine
 
 
-def _alternating_steps(module, opt, data, batches, install: dict, pairs: int,
+def _alternating_steps(install: dict, data, batches, pairs: int,
                        warmup: int) -> dict[str, list[float]]:
-    """Training steps (bf16 autocast) of ``module`` alternating variants on the same batches,
-    in an order that flips every pair; ``install[name]()`` switches to a variant before its
-    step. -> {name: step seconds after ``warmup`` pairs}."""
+    """Training steps (bf16 autocast) alternating variants on the same batches, in an order
+    that flips every pair; ``install[name]()`` switches to a variant and returns the
+    (LossModule, optimizer) to step. -> {name: step seconds after ``warmup`` pairs}."""
     import torch
 
     from gapless.data import collate
@@ -54,7 +57,7 @@ def _alternating_steps(module, opt, data, batches, install: dict, pairs: int,
         batch = collate(data, batches[i % len(batches)])
         order = list(install) if i % 2 == 0 else list(install)[::-1]
         for name in order:  # both variants on the same batch
-            install[name]()
+            module, opt = install[name]()
             start = time.perf_counter()
             with autocast(torch.device("cpu"), "bf16"):
                 loss, _ = module(batch, Progress(i, 10))
@@ -76,7 +79,7 @@ def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
     from gapless.evaluate import build_model
     from gapless.prepare import prepare
     from gapless.strategies import build_strategy
-    from gapless.train import LossModule
+    from gapless.train import LossModule, build_optimizer
 
     variants = {"gapless": gd.dropout, "torch": lambda x, p, training=True: F.dropout(x, p, training)}
     cfg = config_mod.load(f"{run}/config.yaml",
@@ -85,11 +88,12 @@ def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
     torch.manual_seed(1)
     model = build_model(cfg).train()
     module = LossModule(model, build_strategy(cfg.strategy), 0.1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, dataclasses.replace(cfg.train, lr=1e-4))
     batches = token_batches(data.src_lens, data.tgt_lens, 4096, 1, 1)
-    install = {name: (lambda f=f: setattr(gd, "dropout", f)) for name, f in variants.items()}
+    install = {name: (lambda f=f: setattr(gd, "dropout", f) or (module, opt))
+               for name, f in variants.items()}
     try:
-        times = _alternating_steps(module, opt, data, batches, install, pairs, warmup)
+        times = _alternating_steps(install, data, batches, pairs, warmup)
     finally:
         gd.dropout = variants["gapless"]
     ratios = [a / b for a, b in zip(times["gapless"], times["torch"])]
@@ -110,7 +114,7 @@ def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
     from gapless.data import token_batches
     from gapless.evaluate import build_model
     from gapless.prepare import prepare
-    from gapless.train import LossModule
+    from gapless.train import LossModule, build_optimizer
 
     calls: dict[str, list[float]] = {"blocks": [], "one_block": []}
 
@@ -131,13 +135,13 @@ def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
     torch.manual_seed(1)
     model = build_model(cfg).train()
     module = LossModule(model, gs.build_strategy(cfg.strategy), 0.1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, dataclasses.replace(cfg.train, lr=1e-4))
     batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)
-    install = {name: (lambda f=f: gs.PREDICTED.__setitem__("sample", f))
+    install = {name: (lambda f=f: gs.PREDICTED.__setitem__("sample", f) or (module, opt))
                for name, f in variants.items()}
     original = gs.PREDICTED["sample"]
     try:
-        times = _alternating_steps(module, opt, data, batches, install, pairs, warmup)
+        times = _alternating_steps(install, data, batches, pairs, warmup)
     finally:
         gs.PREDICTED["sample"] = original
     ratios = [a / b for a, b in zip(times["blocks"], times["one_block"])]
@@ -146,6 +150,53 @@ def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
                                       for k, v in calls.items()},
             "step_ratio_blocks_to_one_block_median": round(statistics.median(ratios), 3),
             "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
+
+
+def adam_ab(run: str, pairs: int, warmup: int) -> dict:
+    """Teacher-forced training steps (the run's config, bf16 autocast) of two copies of one
+    model, one with the trainer's fused Adam (``gapless.train.build_optimizer``), one with
+    PyTorch's default (a loop over the tensors on CPU), alternating on the same batches; and
+    the optimizer step alone, timed inside those steps."""
+    import torch
+
+    from gapless import config as config_mod
+    from gapless.data import token_batches
+    from gapless.evaluate import build_model
+    from gapless.prepare import prepare
+    from gapless.strategies import build_strategy
+    from gapless.train import LossModule, build_optimizer
+
+    cfg = config_mod.load(f"{run}/config.yaml")
+    data = prepare(cfg, run).train
+    t = dataclasses.replace(cfg.train, lr=1e-4)
+    steps: dict[str, list[float]] = {"fused": [], "loop": []}
+    pairs_of = {}
+    for name, calls in steps.items():
+        torch.manual_seed(1)
+        model = build_model(cfg).train()
+        opt = (build_optimizer(model, t) if name == "fused" else torch.optim.Adam(
+            model.parameters(), lr=t.lr, betas=tuple(t.betas), eps=t.adam_eps))
+        opt.step = _timed(opt.step, calls)
+        pairs_of[name] = (LossModule(model, build_strategy(cfg.strategy), 0.1), opt)
+    batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)
+    install = {name: (lambda pair=pair: pair) for name, pair in pairs_of.items()}
+    times = _alternating_steps(install, data, batches, pairs, warmup)
+    ratios = [a / b for a, b in zip(times["fused"], times["loop"])]
+    return {"fused": pairs_of["fused"][1].defaults["fused"],
+            "s_per_step_median": {k: round(statistics.median(v), 4) for k, v in times.items()},
+            "optimizer_step_ms_median": {k: round(statistics.median(v[warmup:]) * 1e3, 2)
+                                         for k, v in steps.items()},
+            "step_ratio_fused_to_loop_median": round(statistics.median(ratios), 3),
+            "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
+
+
+def _timed(step, into: list):
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = step(*args, **kwargs)
+        into.append(time.perf_counter() - start)
+        return out
+    return timed
 
 
 def _test2016_ids(run: str, translator) -> list[list[int]]:
@@ -287,7 +338,8 @@ def main() -> None:
     p.add_argument("--kernel-reps", type=int, default=50)
     p.add_argument("--packing-pairs", type=int, default=6)
     p.add_argument("--sampling-pairs", type=int, default=16)
-    p.add_argument("--only", default="kernels,packing,dropout,sampling,malloc")
+    p.add_argument("--adam-pairs", type=int, default=16)
+    p.add_argument("--only", default="kernels,packing,dropout,sampling,adam,malloc")
     p.add_argument("--decode-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.decode_child:
@@ -307,6 +359,8 @@ def main() -> None:
         result["dropout"] = dropout_ab(args.run, args.dropout_pairs, 3)
     if "sampling" in parts:
         result["sampling"] = sampling_ab(args.run, args.sampling_pairs, 3)
+    if "adam" in parts:
+        result["adam"] = adam_ab(args.run, args.adam_pairs, 3)
     if "malloc" in parts:
         result["malloc"] = malloc_ab(args.run, args.malloc_pairs, args.passes)
     info["load_avg_1m_end"] = os.getloadavg()[0]

@@ -1,6 +1,6 @@
 """Training-step time and peak memory per strategy, as ratios to a teacher-forcing step.
 
-The real step (gapless.train.LossModule + Adam + autocast) on the same Multi30k batches for
+The real step (gapless.train.LossModule + the trainer's Adam + autocast) on the same Multi30k batches for
 every strategy. Time: all strategies in *one* process, interleaved step by step (round r runs
 every strategy once on batch r, in a rotating order), so machine drift hits all alike; the
 ratio of a round is its step time over the teacher-forcing step of the same round, and the
@@ -25,6 +25,7 @@ does not depend on what the model has learnt, except the search's n-best bookkee
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -64,7 +65,7 @@ def _setup(run: str, names: list[str], cycle: int, changes: dict | None = None):
     from gapless.evaluate import build_model
     from gapless.prepare import prepare
     from gapless.strategies import build_strategy
-    from gapless.train import LossModule
+    from gapless.train import LossModule, build_optimizer
 
     steps = {}
     for name in names:
@@ -72,7 +73,7 @@ def _setup(run: str, names: list[str], cycle: int, changes: dict | None = None):
         torch.manual_seed(1)
         model = build_model(cfg).train()
         module = LossModule(model, build_strategy(cfg.strategy), cfg.train.label_smoothing)
-        steps[name] = (module, torch.optim.Adam(model.parameters(), lr=1e-4))
+        steps[name] = (module, build_optimizer(model, dataclasses.replace(cfg.train, lr=1e-4)))
     data = prepare(cfg, run).train
     batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)[:cycle]
     return data, batches, steps

@@ -204,7 +204,12 @@ def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
+    # saved groups carry the implementation flags of the optimizer that wrote them; keep this
+    # one's (the same update): a checkpoint of the looping Adam resumes fused (train.py)
+    built = {k: optimizer.defaults[k] for k in ("fused", "foreach") if k in optimizer.defaults}
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for group in optimizer.param_groups:
+        group.update(built)
 
 
 def _rng_tensors() -> dict:

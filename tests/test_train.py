@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from gapless import config as config_mod
 from gapless.checkpoint import RunDir
 from gapless.corpora import synthetic_pair
 from gapless.evaluate import build_model
 from gapless.prepare import prepare
-from gapless.train import inverse_sqrt, label_smoothed_nll, train
+from gapless.train import build_optimizer, inverse_sqrt, label_smoothed_nll, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -79,6 +79,59 @@ def test_inverse_sqrt_schedule():
     assert inverse_sqrt(10, 1.0, 10) == pytest.approx(1.0)
     assert inverse_sqrt(40, 1.0, 10) == pytest.approx(0.5)
     assert inverse_sqrt(5, 2.0, 0) == 2.0
+
+
+def _adam_pair(weight_decay: float = 0.0):
+    """Two copies of the tiny model; the trainer's optimizer on one, plain Adam on the other."""
+    cfg = config_mod.load(TINY, {"train.weight_decay": weight_decay, "model.vocab_size": 60})
+    torch.manual_seed(0)
+    mine, ref = build_model(cfg), build_model(cfg)
+    ref.load_state_dict(mine.state_dict())
+    t = cfg.train
+    plain = torch.optim.Adam(ref.parameters(), lr=t.lr, betas=tuple(t.betas), eps=t.adam_eps,
+                             weight_decay=t.weight_decay)
+    return mine, build_optimizer(mine, t), ref, plain
+
+
+def _same_grads_step(models_opts, seed: int) -> None:
+    for model, opt in models_opts:
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_trainer_adam_is_fused_on_cpu_and_makes_plain_adams_update(weight_decay):
+    mine, opt, ref, plain = _adam_pair(weight_decay)
+    assert opt.defaults["fused"]  # one kernel per step on CPU (benchmarks/cpu_tweaks.py)
+    for step in range(5):
+        _same_grads_step([(mine, opt), (ref, plain)], seed=step)
+    moved = 0.0
+    for a, b, before in zip(mine.parameters(), ref.parameters(), _adam_pair()[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        moved = max(moved, float((a - before).detach().abs().max()))
+    assert moved > 1e-4  # the steps did move the weights
+
+
+def test_plain_adam_checkpoint_resumes_fused_with_the_same_update(tmp_path):
+    """Optimizer state written by the looping Adam (runs before the fused one) resumes in the
+    trainer's Adam, which stays fused and continues with the same update."""
+    from gapless.checkpoint import _flatten_optimizer, _restore_optimizer
+
+    mine, opt, ref, plain = _adam_pair()
+    for step in range(3):
+        _same_grads_step([(ref, plain)], seed=step)
+    tensors, meta = _flatten_optimizer(plain)
+    save_file(tensors, str(tmp_path / "optim.safetensors"))
+    mine.load_state_dict(ref.state_dict())
+    _restore_optimizer(opt, load_file(str(tmp_path / "optim.safetensors")),
+                       json.loads(json.dumps(meta)))
+    assert all(group["fused"] for group in opt.param_groups)
+    for step in range(3, 6):
+        _same_grads_step([(mine, opt), (ref, plain)], seed=step)
+    for a, b in zip(mine.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------

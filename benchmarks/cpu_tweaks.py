@@ -69,11 +69,11 @@ def _alternating_steps(install: dict, data, batches, pairs: int,
     return times
 
 
-def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
+def _ab_setup(run: str, overrides: dict | None = None):
+    """(config, training data, batches, make) for a training-step A/B on the run: ``make()``
+    -> a fresh (LossModule, trainer's optimizer at lr 1e-4) from seed 1."""
     import torch
-    import torch.nn.functional as F
 
-    import gapless.dropout as gd
     from gapless import config as config_mod
     from gapless.data import token_batches
     from gapless.evaluate import build_model
@@ -81,25 +81,47 @@ def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
     from gapless.strategies import build_strategy
     from gapless.train import LossModule, build_optimizer
 
-    variants = {"gapless": gd.dropout, "torch": lambda x, p, training=True: F.dropout(x, p, training)}
-    cfg = config_mod.load(f"{run}/config.yaml",
-                          {"model.dropout": 0.1, "model.norm_position": "post"})
+    cfg = config_mod.load(f"{run}/config.yaml", overrides)
     data = prepare(cfg, run).train
-    torch.manual_seed(1)
-    model = build_model(cfg).train()
-    module = LossModule(model, build_strategy(cfg.strategy), 0.1)
-    opt = build_optimizer(model, dataclasses.replace(cfg.train, lr=1e-4))
-    batches = token_batches(data.src_lens, data.tgt_lens, 4096, 1, 1)
+    batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)
+
+    def make():
+        torch.manual_seed(1)
+        model = build_model(cfg).train()
+        return (LossModule(model, build_strategy(cfg.strategy), 0.1),
+                build_optimizer(model, dataclasses.replace(cfg.train, lr=1e-4)))
+
+    return cfg, data, batches, make
+
+
+def _ab_summary(times: dict[str, list[float]], a: str, b: str, pairs: int) -> dict:
+    """Median step times and the median over pairs of the step ratio ``a`` / ``b``."""
+    ratios = [x / y for x, y in zip(times[a], times[b])]
+    return {"s_per_step_median": {k: round(statistics.median(v), 4) for k, v in times.items()},
+            f"step_ratio_{a}_to_{b}_median": round(statistics.median(ratios), 3),
+            "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
+
+
+def _median_ms(calls: dict[str, list[float]], skip: int) -> dict:
+    return {k: round(statistics.median(v[skip:]) * 1e3, 2) for k, v in calls.items()}
+
+
+def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
+    import torch.nn.functional as F
+
+    import gapless.dropout as gd
+
+    variants = {"gapless": gd.dropout, "torch": lambda x, p, training=True: F.dropout(x, p, training)}
+    _, data, batches, make = _ab_setup(run, {"model.dropout": 0.1, "model.norm_position": "post",
+                                             "train.max_tokens": 4096})
+    module, opt = make()
     install = {name: (lambda f=f: setattr(gd, "dropout", f) or (module, opt))
                for name, f in variants.items()}
     try:
         times = _alternating_steps(install, data, batches, pairs, warmup)
     finally:
         gd.dropout = variants["gapless"]
-    ratios = [a / b for a, b in zip(times["gapless"], times["torch"])]
-    return {"s_per_step_median": {k: round(statistics.median(v), 4) for k, v in times.items()},
-            "step_ratio_gapless_to_torch_median": round(statistics.median(ratios), 3),
-            "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
+    return _ab_summary(times, "gapless", "torch", pairs)
 
 
 def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
@@ -107,36 +129,18 @@ def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
     run's config, bf16 autocast) alternating ``categorical_sample`` (128 rows at a time) and
     the one-block version it replaced, step by step in one process: the step ratio per pair,
     and the sampling call's own time inside the steps."""
-    import torch
-
     import gapless.strategies as gs
-    from gapless import config as config_mod
-    from gapless.data import token_batches
-    from gapless.evaluate import build_model
-    from gapless.prepare import prepare
-    from gapless.train import LossModule, build_optimizer
 
     calls: dict[str, list[float]] = {"blocks": [], "one_block": []}
-
-    def timed(sample, label):
-        def predicted(logits, table, cfg):
-            start = time.perf_counter()
-            ids = sample(logits, cfg.temperature)
-            calls[label].append(time.perf_counter() - start)
-            return ids
-        return predicted
-
-    variants = {"blocks": timed(gs.categorical_sample, "blocks"),
-                "one_block": timed(lambda x, tau: _one_block_sample(x / tau), "one_block")}
-    cfg = config_mod.load(f"{run}/config.yaml", {
+    variants = {
+        "blocks": _timed(lambda x, table, cfg: gs.categorical_sample(x, cfg.temperature),
+                         calls["blocks"]),
+        "one_block": _timed(lambda x, table, cfg: _one_block_sample(x / cfg.temperature),
+                            calls["one_block"])}
+    _, data, batches, make = _ab_setup(run, {
         "strategy.name": "scheduled_sampling", "strategy.predicted": "sample",
         "strategy.schedule": "constant", "strategy.k": 0.5})
-    data = prepare(cfg, run).train
-    torch.manual_seed(1)
-    model = build_model(cfg).train()
-    module = LossModule(model, gs.build_strategy(cfg.strategy), 0.1)
-    opt = build_optimizer(model, dataclasses.replace(cfg.train, lr=1e-4))
-    batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)
+    module, opt = make()
     install = {name: (lambda f=f: gs.PREDICTED.__setitem__("sample", f) or (module, opt))
                for name, f in variants.items()}
     original = gs.PREDICTED["sample"]
@@ -144,12 +148,8 @@ def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
         times = _alternating_steps(install, data, batches, pairs, warmup)
     finally:
         gs.PREDICTED["sample"] = original
-    ratios = [a / b for a, b in zip(times["blocks"], times["one_block"])]
-    return {"s_per_step_median": {k: round(statistics.median(v), 4) for k, v in times.items()},
-            "sample_call_ms_median": {k: round(statistics.median(v[warmup:]) * 1e3, 2)
-                                      for k, v in calls.items()},
-            "step_ratio_blocks_to_one_block_median": round(statistics.median(ratios), 3),
-            "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
+    return {**_ab_summary(times, "blocks", "one_block", pairs),
+            "sample_call_ms_median": _median_ms(calls, warmup)}
 
 
 def adam_ab(run: str, pairs: int, warmup: int) -> dict:
@@ -159,41 +159,27 @@ def adam_ab(run: str, pairs: int, warmup: int) -> dict:
     the optimizer step alone, timed inside those steps."""
     import torch
 
-    from gapless import config as config_mod
-    from gapless.data import token_batches
-    from gapless.evaluate import build_model
-    from gapless.prepare import prepare
-    from gapless.strategies import build_strategy
-    from gapless.train import LossModule, build_optimizer
-
-    cfg = config_mod.load(f"{run}/config.yaml")
-    data = prepare(cfg, run).train
-    t = dataclasses.replace(cfg.train, lr=1e-4)
-    steps: dict[str, list[float]] = {"fused": [], "loop": []}
-    pairs_of = {}
-    for name, calls in steps.items():
-        torch.manual_seed(1)
-        model = build_model(cfg).train()
-        opt = (build_optimizer(model, t) if name == "fused" else torch.optim.Adam(
-            model.parameters(), lr=t.lr, betas=tuple(t.betas), eps=t.adam_eps))
-        opt.step = _timed(opt.step, calls)
-        pairs_of[name] = (LossModule(model, build_strategy(cfg.strategy), 0.1), opt)
-    batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)
+    cfg, data, batches, make = _ab_setup(run)
+    t = cfg.train
+    calls: dict[str, list[float]] = {"fused": [], "loop": []}
+    pairs_of = {"fused": make(), "loop": make()}
+    module, _ = pairs_of["loop"]
+    pairs_of["loop"] = (module, torch.optim.Adam(module.model.parameters(), lr=1e-4,
+                                                 betas=tuple(t.betas), eps=t.adam_eps))
+    for name, (_, opt) in pairs_of.items():
+        opt.step = _timed(opt.step, calls[name])
     install = {name: (lambda pair=pair: pair) for name, pair in pairs_of.items()}
     times = _alternating_steps(install, data, batches, pairs, warmup)
-    ratios = [a / b for a, b in zip(times["fused"], times["loop"])]
     return {"fused": pairs_of["fused"][1].defaults["fused"],
-            "s_per_step_median": {k: round(statistics.median(v), 4) for k, v in times.items()},
-            "optimizer_step_ms_median": {k: round(statistics.median(v[warmup:]) * 1e3, 2)
-                                         for k, v in steps.items()},
-            "step_ratio_fused_to_loop_median": round(statistics.median(ratios), 3),
-            "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
+            **_ab_summary(times, "fused", "loop", pairs),
+            "optimizer_step_ms_median": _median_ms(calls, warmup)}
 
 
-def _timed(step, into: list):
+def _timed(f, into: list):
+    """``f`` that appends each call's seconds to ``into``."""
     def timed(*args, **kwargs):
         start = time.perf_counter()
-        out = step(*args, **kwargs)
+        out = f(*args, **kwargs)
         into.append(time.perf_counter() - start)
         return out
     return timed

@@ -56,7 +56,7 @@ STRATEGIES = {
 MIXING = {"strategy.schedule": "constant", "strategy.k": 0.5}
 
 
-def _setup(run: str, names: list[str], cycle: int, changes: dict | None = None):
+def _setup(run: str, names: list[str], cycle: int, changes: list[str] = ()):
     """(prepared data, batches, {name: (loss module, optimizer)}), every model from seed 1."""
     import torch
 
@@ -69,7 +69,10 @@ def _setup(run: str, names: list[str], cycle: int, changes: dict | None = None):
 
     steps = {}
     for name in names:
-        cfg = config_mod.load(f"{run}/config.yaml", {**(changes or {}), **overrides(name, cycle)})
+        # "--section.key=VALUE" strings, as the CLI takes them: the --set changes, then the
+        # strategy's own settings
+        cfg = config_mod.load(f"{run}/config.yaml", [f"--{c}" for c in changes] + [
+            f"--{key}={value}" for key, value in overrides(name, cycle).items()])
         torch.manual_seed(1)
         model = build_model(cfg).train()
         module = LossModule(model, build_strategy(cfg.strategy), cfg.train.label_smoothing)
@@ -103,7 +106,7 @@ def overrides(name: str, cycle: int) -> dict:
 
 
 def interleaved(run: str, steps: int, warmup: int, dtype: str, cycle: int,
-                changes: dict | None = None) -> dict:
+                changes: list[str] = ()) -> dict:
     """Step times of every strategy, interleaved round by round in this process."""
     from gapless.data import collate
 
@@ -160,7 +163,7 @@ def counted_flops(modules: dict, data, batches: list, dtype: str) -> dict[str, f
 
 
 def memory(run: str, name: str, steps: int, dtype: str, cycle: int,
-           changes: dict | None = None) -> float:
+           changes: list[str] = ()) -> float:
     """Peak RSS (MB) of a fresh process running ``steps`` steps of one strategy."""
     from gapless.data import collate
 
@@ -168,19 +171,6 @@ def memory(run: str, name: str, steps: int, dtype: str, cycle: int,
     for i in range(steps):
         _step(*modules[name], collate(data, batches[i % cycle]), i, dtype)
     return peak_rss_mb()
-
-
-def parse_sets(items: list[str]) -> dict:
-    """["model.d_model=512", ...] -> {"model.d_model": 512, ...} (values read as YAML)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def peak_rss_mb() -> float:
@@ -208,7 +198,7 @@ def main() -> None:
                    help="change the run's config for every strategy (repeatable)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
-    changes = parse_sets(args.set)
+    changes = args.set
     if args.worker:  # one strategy's peak memory, in a fresh process
         print(json.dumps(memory(args.run, args.worker, args.memory_steps, args.dtype,
                                 args.cycle, changes)))

@@ -127,15 +127,9 @@ def build_optimizer(model: nn.Module, t) -> torch.optim.Adam:
     ``benchmarks/cpu_tweaks.py --only adam``). The same update to float rounding; the state
     dict is the same, so checkpoints move between the two."""
     params = list(model.parameters())
-    kwargs = {"lr": t.lr, "betas": tuple(t.betas), "eps": t.adam_eps,
-              "weight_decay": t.weight_decay}
-    if params and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
-                      for p in params):
-        try:
-            return torch.optim.Adam(params, fused=True, **kwargs)
-        except (RuntimeError, TypeError):  # a PyTorch without this fused kernel
-            pass
-    return torch.optim.Adam(params, **kwargs)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None  # None: the default
+    return torch.optim.Adam(params, lr=t.lr, betas=tuple(t.betas), eps=t.adam_eps,
+                            weight_decay=t.weight_decay, fused=fused)
 
 
 def inverse_sqrt(update: int, peak: float, warmup: int) -> float:

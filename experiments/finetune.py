@@ -22,7 +22,8 @@ import yaml
 
 from gapless import config as config_mod
 from gapless.checkpoint import RunDir, atomic_write_text
-from gapless.evaluate import evaluate, load, score_split
+from gapless.evaluate import evaluate, score_split
+from gapless.inference import load
 from gapless.train import train
 
 LOGGED = ("replaced", "pred_differs", "oracle_bleu", "oracle_searched", "p_gold",

@@ -62,7 +62,7 @@ def _decode_kwargs(args) -> dict:
 
 
 def cmd_translate(args, overrides) -> int:
-    from .evaluate import load
+    from .inference import load
 
     translator = load(args.run, args.checkpoint, args.device, args.dtype)
     with contextlib.ExitStack() as stack:
@@ -90,7 +90,7 @@ def cmd_evaluate(args, overrides) -> int:
 
 def cmd_diagnose(args, overrides) -> int:
     from .diagnose import diagnose
-    from .evaluate import load
+    from .inference import load
     from .plots import compare_report, diagnose_report
 
     if (args.compare is None) == (args.run is None) or (args.compare and not args.out):

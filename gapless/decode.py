@@ -134,25 +134,44 @@ def _as_lengths(value, n: int, device) -> torch.Tensor:
     return torch.full((n,), int(value), dtype=torch.long, device=device)
 
 
+@dataclass
+class Limits:
+    """Per-sentence output length bounds of one search batch: ``max_len`` / ``min_len`` [B]
+    (tokens without EOS); the batch size and the device come with them."""
+
+    max_len: torch.Tensor
+    min_len: torch.Tensor
+
+    @classmethod
+    def of(cls, batch_size: int, max_len, min_len=1, device="cpu") -> Limits:
+        """From ints or per-sentence tensors [B]."""
+        return cls(_as_lengths(max_len, batch_size, device),
+                   _as_lengths(min_len, batch_size, device))
+
+    @property
+    def batch_size(self) -> int:
+        return self.max_len.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.max_len.device
+
+
 @torch.no_grad()
 def beam_search(
     stepper: Stepper,
-    batch_size: int,
+    limits: Limits,
     beam: int,
-    max_len,
-    min_len=1,
     len_penalty: float = 1.0,
     nbest: int = 1,
     step_hook: StepHook | None = None,
-    device="cpu",
 ) -> list[list[Hypothesis]]:
-    """Batched beam search. ``stepper`` must hold ``batch_size * beam`` rows (sentence-major).
-    Scores are normalised by ``(n + 1) ** len_penalty`` (n tokens + EOS), as in fairseq; a
-    sentence is finished once it has ``beam`` finished hypotheses (early stopping).
-    ``max_len`` / ``min_len``: ints or per-sentence tensors [B]."""
-    K = beam
-    max_len = _as_lengths(max_len, batch_size, device)
-    min_len = _as_lengths(min_len, batch_size, device)
+    """Batched beam search. ``stepper`` must hold ``B * beam`` rows (sentence-major), B =
+    ``limits.batch_size``. Scores are normalised by ``(n + 1) ** len_penalty`` (n tokens + EOS),
+    as in fairseq; a sentence is finished once it has ``beam`` finished hypotheses (early
+    stopping). Returns each sentence's ``nbest`` best hypotheses, best first."""
+    K, batch_size, device = beam, limits.batch_size, limits.device
+    max_len, min_len = limits.max_len, limits.min_len
     active = torch.arange(batch_size, device=device)  # original ids of the active sentences
     scores = torch.full((batch_size, K), -math.inf, device=device)
     scores[:, 0] = 0.0  # at step 0 only the first beam may expand
@@ -227,16 +246,13 @@ def beam_search(
 @torch.no_grad()
 def greedy_search(
     stepper: Stepper,
-    batch_size: int,
-    max_len,
-    min_len=1,
+    limits: Limits,
     sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
     step_hook: StepHook | None = None,
-    device="cpu",
 ) -> list[Hypothesis]:
     """Greedy (argmax) decoding, or sampling when ``sampler`` maps log_probs [N,V] -> [N]."""
-    max_len = _as_lengths(max_len, batch_size, device)
-    min_len = _as_lengths(min_len, batch_size, device)
+    batch_size, device = limits.batch_size, limits.device
+    max_len, min_len = limits.max_len, limits.min_len
     active = torch.arange(batch_size, device=device)
     prev = torch.full((batch_size,), BOS, dtype=torch.long, device=device)
     tokens = torch.zeros(batch_size, 0, dtype=torch.long, device=device)

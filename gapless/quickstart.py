@@ -172,7 +172,8 @@ def _examples(corpus: str) -> tuple[list[str], list[str] | None]:
 def quickstart(minutes: float = 10, run_dir=None, overrides=None) -> dict:
     """Train for ``minutes`` on Multi30k De->En (or the generated corpus), evaluate test2016 with
     beam 5, translate three examples. Returns a summary dict (also written to quickstart.json)."""
-    from .evaluate import evaluate, load
+    from .evaluate import evaluate
+    from .inference import load
     from .train import train
 
     run_dir = Path(run_dir) if run_dir else Path("runs") / "quickstart"

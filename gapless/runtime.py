@@ -1,28 +1,21 @@
-"""glibc malloc settings. ``tune_malloc``: thresholds for CPU inference speed, applied by
-``gapless.load`` (the entry of ``gapless translate / evaluate / diagnose`` and of the Python
-API); training does not apply them (they raised bf16 training's peak RSS from 2.9 to 3.5 GB
-for no measured gain). ``release_free_memory``: ``malloc_trim``, which training calls once per
-log interval to hand the heap's free pages back (peak RSS of ``benchmarks/train_speed.py``
-bf16: 2.8 / 2.6 GB with it, 3.5 / 3.5 GB without, speed within the machine's drift;
-``docs/benchmarks.md``).
+"""Process-wide runtime settings: device and precision, oneDNN's kernel cache, glibc malloc.
 
-glibc's malloc serves blocks above its mmap threshold (dynamic, starting at 128 KiB) with
-fresh ``mmap`` pages and returns freed heap tops above its trim threshold to the kernel. A
-beam-search step allocates and frees megabyte tensors ([320, 8000] fp32 log-probs = 10 MB),
-so each step paid page faults on fresh pages (in a profile, the fp32 conversion of the
-[320, 8000] logits took ~10x its isolated time). Fixing both thresholds keeps freed blocks in
-the heap for reuse, what jemalloc/tcmalloc preloading does for PyTorch CPU inference; A/B in
-``benchmarks/cpu_tweaks.py``. Set ``GAPLESS_MALLOC=0`` to leave malloc alone (both). Not
-glibc (macOS, musl): nothing happens.
+Nothing here runs at import; the entry points that need a setting apply it
+(``configure_inference`` by ``gapless.inference.load``, ``release_free_memory`` by training).
+Why each setting exists, with its measurements: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
 
-__all__ = ["MALLOC_SETTINGS", "release_free_memory", "tune_malloc"]
+import torch
+
+__all__ = ["MALLOC_SETTINGS", "autocast", "configure_inference", "release_free_memory",
+           "resolve_device", "tune_malloc"]
 
 # mallopt parameter numbers (glibc malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -30,6 +23,31 @@ MALLOC_SETTINGS = {
     M_MMAP_THRESHOLD: 32 << 20,  # glibc's maximum: tensors up to 32 MiB come from the heap
     M_TRIM_THRESHOLD: 512 << 20,  # keep up to 512 MiB of freed heap top for reuse
 }
+# oneDNN keeps one compiled kernel per matrix shape (1024 by default); search and bucketed
+# batches cycle through more shapes than that
+ONEDNN_CACHE = "16384"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, dtype: str):
+    """bf16 autocast (fp32 master weights) on CPU and GPU, or nothing for fp32."""
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def configure_inference(env: dict | None = None) -> None:
+    """Settings for a process that decodes: a larger oneDNN kernel cache (read when oneDNN
+    first runs, so set before the first bf16 matmul; an explicit setting wins) and the malloc
+    thresholds of ``tune_malloc``."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)
+    tune_malloc(env)
 
 
 def _glibc(env: dict | None):
@@ -45,8 +63,9 @@ def _glibc(env: dict | None):
 
 
 def tune_malloc(env: dict | None = None) -> bool:
-    """Apply ``MALLOC_SETTINGS`` with glibc's ``mallopt``; True if every one was accepted.
-    Skipped (False) when ``GAPLESS_MALLOC=0`` or the C library is not glibc."""
+    """Apply ``MALLOC_SETTINGS`` with glibc's ``mallopt`` so freed megabyte tensors stay in the
+    heap for the next search step; True if every one was accepted. Skipped (False) when
+    ``GAPLESS_MALLOC=0`` or the C library is not glibc."""
     libc = _glibc(env)
     if libc is None:
         return False
@@ -57,9 +76,8 @@ def tune_malloc(env: dict | None = None) -> bool:
 
 def release_free_memory(env: dict | None = None) -> bool:
     """Return the heap's free pages to the kernel (glibc ``malloc_trim(0)``); True if it ran.
-    Training calls it once per log interval: batches of ever-new shapes leave freed blocks
-    that glibc keeps, so without it RSS climbs step after step with no live tensor behind it.
-    Skipped when ``GAPLESS_MALLOC=0`` or the C library is not glibc."""
+    Batches of ever-new shapes leave freed blocks that glibc keeps, so training calls it once
+    per log interval. Skipped when ``GAPLESS_MALLOC=0`` or the C library is not glibc."""
     libc = _glibc(env)
     if libc is None:
         return False

@@ -17,7 +17,7 @@ import torch
 
 from .config import StrategyConfig
 from .data import BOS, PAD, Batch
-from .decode import ModelStepper, beam_search, row_argmax
+from .decode import Limits, ModelStepper, beam_search, row_argmax
 from .metrics import sentence_bleu
 from .packing import pack_linears
 from .schedules import Progress, gold_probability, step_probability
@@ -403,8 +403,8 @@ class SentenceOracle(ScheduledSampling):
             with torch.no_grad(), context:
                 stepper = ModelStepper(searcher, batch.src, repeat=K)
                 # min_len = max_len = n: EOS forbidden before step n, only EOS at step n
-                nbest = beam_search(stepper, B, K, max_len=lengths, min_len=lengths, nbest=K,
-                                    step_hook=hook, device=device)
+                nbest = beam_search(stepper, Limits.of(B, lengths, lengths, device), K,
+                                    nbest=K, step_hook=hook)
         finally:
             model.train(was_training)
         cand = torch.full((B, K, T - 1), PAD, dtype=torch.long)  # filled on the CPU, moved once

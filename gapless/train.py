@@ -28,7 +28,9 @@ from . import config as config_mod
 from .checkpoint import RunDir
 from .config import Config
 from .data import PAD, collate, token_batches
-from .evaluate import Translator, autocast, build_model, resolve_device
+from .inference import Translator
+from .model import Transformer
+from .runtime import autocast, resolve_device
 from .metrics import corpus_scores
 from .prepare import prepare
 from .runtime import release_free_memory
@@ -258,7 +260,7 @@ def train(
         config_mod.save(cfg, run.config)
 
     _set_seed(t.seed)
-    model = build_model(cfg).to(device)
+    model = Transformer(cfg.model).to(device)
     init_record = None
     if init_from is not None:
         weights = RunDir(init_from).load_weights(model, "best")

@@ -58,7 +58,7 @@ def _train(corpus: Path, run: Path, strategy: dict, monkeypatch) -> dict:
     def recording(logits, target, eps):
         loss, nll = original(logits, target, eps)
         if torch.is_grad_enabled():  # training steps only, not validation
-            losses.append(float(loss) / len(target))  # per token
+            losses.append(float(loss.detach()) / len(target))  # per token
         return loss, nll
 
     monkeypatch.setattr(train_mod, "label_smoothed_nll", recording)

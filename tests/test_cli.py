@@ -162,13 +162,13 @@ def test_clean_errors(tmp_path, capsys):
 
 
 def test_load_and_translate_in_python(run, monkeypatch):
-    import gapless.evaluate
+    import gapless.inference
     from gapless import load
 
     calls = []
-    monkeypatch.setattr(gapless.evaluate, "tune_malloc", lambda: calls.append(1))
+    monkeypatch.setattr(gapless.inference, "configure_inference", lambda: calls.append(1))
     translator = load(run, device="cpu")
-    assert calls == [1]  # inference tunes malloc (gapless/runtime.py)
+    assert calls == [1]  # inference applies its process settings (gapless/runtime.py)
     hyps = translator.translate(["Ein Mann läuft im Park.", "Eine Frau sitzt."], beam=2)
     assert len(hyps) == 2 and all(isinstance(h, str) for h in hyps)
     assert translator.translate([], beam=2) == []

@@ -11,6 +11,7 @@ import torch
 from gapless.config import ModelConfig
 from gapless.data import BOS, EOS, PAD
 from gapless.decode import (
+    Limits,
     ModelStepper,
     beam_search,
     greedy_search,
@@ -69,12 +70,14 @@ class TableStepper:
 
 def run_beam(tables, beam, max_len=10, **kw):
     stepper = TableStepper(tables, repeat=beam)
-    return beam_search(stepper, len(tables), beam, max_len, **kw), stepper
+    limits = Limits.of(len(tables), max_len, kw.pop("min_len", 1))
+    return beam_search(stepper, limits, beam, **kw), stepper
 
 
 def run_greedy(tables, max_len=10, **kw):
     stepper = TableStepper(tables)
-    return greedy_search(stepper, len(tables), max_len, **kw), stepper
+    limits = Limits.of(len(tables), max_len, kw.pop("min_len", 1))
+    return greedy_search(stepper, limits, **kw), stepper
 
 
 def L(*probs: float) -> float:  # log of a product of probabilities
@@ -327,8 +330,9 @@ def test_beam1_equals_greedy_on_model():
     model = tiny_model()
     src = padded_src([5, 3, 7, 2, 6])
     max_len = torch.tensor([6, 3, 8, 1, 5])
-    greedy = greedy_search(ModelStepper(model, src), 5, max_len, step_hook=eos_boost)
-    beam = beam_search(ModelStepper(model, src, repeat=1), 5, 1, max_len, step_hook=eos_boost)
+    greedy = greedy_search(ModelStepper(model, src), Limits.of(5, max_len), step_hook=eos_boost)
+    beam = beam_search(ModelStepper(model, src, repeat=1), Limits.of(5, max_len), 1,
+                       step_hook=eos_boost)
     lengths = set()
     for g, (b,) in zip(greedy, beam):
         assert b.tokens == g.tokens
@@ -351,7 +355,7 @@ def test_model_beam_scores_match_teacher_forced_rescoring():
     model = tiny_model(seed=3)
     src = padded_src([4, 6, 3], seed=4)
     src_alone = [src[i, : int(src[i].ne(PAD).sum())] for i in range(3)]
-    out = beam_search(ModelStepper(model, src, repeat=3), 3, 3, max_len=6, nbest=3)
+    out = beam_search(ModelStepper(model, src, repeat=3), Limits.of(3, 6), 3, nbest=3)
     for s in range(3):
         assert len(out[s]) == 3
         assert [h.score for h in out[s]] == sorted((h.score for h in out[s]), reverse=True)
@@ -368,14 +372,13 @@ def test_model_batched_beam_equals_alone():
     max_len = torch.tensor([7, 2, 5, 4])
     K = 3
     out = beam_search(
-        ModelStepper(model, src, repeat=K), 4, K, max_len, nbest=K, step_hook=eos_boost
+        ModelStepper(model, src, repeat=K), Limits.of(4, max_len), K, nbest=K, step_hook=eos_boost
     )
     for s, n in enumerate(lengths):
         (alone,) = beam_search(
             ModelStepper(model, src[s : s + 1, :n], repeat=K),
-            1,
+            Limits.of(1, int(max_len[s])),
             K,
-            int(max_len[s]),
             nbest=K,
             step_hook=eos_boost,
         )
@@ -406,7 +409,8 @@ def test_shared_first_step_gives_the_same_search():
     results = {}
     for shared in (True, False):
         stepper = CountingStepper(model, src, repeat=K, shared=shared)
-        results[shared] = beam_search(stepper, 4, K, max_len, nbest=K, step_hook=eos_boost)
+        results[shared] = beam_search(stepper, Limits.of(4, max_len), K, nbest=K,
+                                      step_hook=eos_boost)
         assert stepper.rows[0] == (4 if shared else 4 * K)
         assert stepper.rows[1] <= 4 * K and len(stepper.rows) > 2
     for a, b in zip(results[True], results[False]):
@@ -481,7 +485,7 @@ def test_sampling_search_reproducible_and_valid():
 
     def run(seed):
         sampler = make_sampler(temperature=1.0, generator=torch.Generator().manual_seed(seed))
-        return greedy_search(ModelStepper(model, src), 3, 6, sampler=sampler)
+        return greedy_search(ModelStepper(model, src), Limits.of(3, 6), sampler=sampler)
 
     a, b = run(0), run(0)
     assert [h.tokens for h in a] == [h.tokens for h in b]

@@ -24,7 +24,8 @@ from gapless.diagnose import (
     measure,
     same_length_distractors,
 )
-from gapless.evaluate import Translator, build_model
+from gapless.inference import Translator
+from gapless.model import Transformer
 from gapless.model import Transformer
 from gapless.plots import FIGURES
 from gapless.prepare import prepare
@@ -230,7 +231,7 @@ def tiny_run(tmp_path_factory):
     prepare(cfg, run)
     cfg = config_mod.load(run / "config.yaml")
     torch.manual_seed(0)
-    RunDir(run).save(build_model(cfg), None, {"update": 0}, tags=("last", "best"))
+    RunDir(run).save(Transformer(cfg.model), None, {"update": 0}, tags=("last", "best"))
     return run
 
 

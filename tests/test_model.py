@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import gapless.model as gm
 from gapless.config import ModelConfig
 from gapless.data import BOS, EOS, PAD
-from gapless.decode import ModelStepper, beam_search
+from gapless.decode import Limits, ModelStepper, beam_search
 from gapless.model import MaskedBatchNorm, Transformer, count_parameters, extend_cache
 
 VOCAB, D = 24, 32
@@ -278,7 +278,7 @@ def test_every_switch_trains_and_decodes(name):
     assert after < before
 
     K, max_len = 3, 5
-    out = beam_search(ModelStepper(model, src, repeat=K), 4, K, max_len, nbest=K)
+    out = beam_search(ModelStepper(model, src, repeat=K), Limits.of(4, max_len), K, nbest=K)
     assert len(out) == 4
     for hyps in out:
         assert len(hyps) == K

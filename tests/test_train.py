@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from gapless import config as config_mod
 from gapless.checkpoint import RunDir
 from gapless.corpora import synthetic_pair
-from gapless.evaluate import build_model
+from gapless.model import Transformer
 from gapless.prepare import prepare
 from gapless.train import build_optimizer, inverse_sqrt, label_smoothed_nll, train
 
@@ -85,7 +85,7 @@ def _adam_pair(weight_decay: float = 0.0):
     """Two copies of the tiny model; the trainer's optimizer on one, plain Adam on the other."""
     cfg = config_mod.load(TINY, {"train.weight_decay": weight_decay, "model.vocab_size": 60})
     torch.manual_seed(0)
-    mine, ref = build_model(cfg), build_model(cfg)
+    mine, ref = Transformer(cfg.model), Transformer(cfg.model)
     ref.load_state_dict(mine.state_dict())
     t = cfg.train
     plain = torch.optim.Adam(ref.parameters(), lr=t.lr, betas=tuple(t.betas), eps=t.adam_eps,
@@ -401,7 +401,7 @@ def test_ddp_equals_accumulation(prepared, tmp_path):
             torch.testing.assert_close(y, x, atol=1e-5, rtol=0, msg=f"{ddp.name}: {name}")
         # the comparison means something: training moved the weights well beyond the tolerance
         torch.manual_seed(1)
-        init = build_model(config_mod.load(single / "config.yaml")).state_dict()
+        init = Transformer(config_mod.load(single / "config.yaml").model).state_dict()
         assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-3
         # each update saw the same groups: the same target tokens in total
         state = [

@@ -1,0 +1,156 @@
+"""Inference: ``load`` a run, and ``Translator``, the one place that batches sentences, sets
+their length limits and hands them to a search (greedy, beam or sampling).
+
+``from gapless import load; load("runs/NAME").translate(["Ein Hund läuft."], beam=5)``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as config_mod
+from .checkpoint import RunDir
+from .config import DecodeConfig
+from .data import EOS, Vocab, pad_sequences, sentence_batches
+from .decode import Hypothesis, Limits, ModelStepper, Stepper, beam_search, greedy_search
+from .decode import make_sampler
+from .model import Transformer
+from .packing import pack_linears
+from .runtime import autocast, configure_inference, resolve_device
+
+__all__ = ["SearchBatch", "Translator", "length_limits", "load", "search_batches"]
+
+# (model, src [B,S], rows per sentence) -> a Stepper; ModelStepper is the KV-cached default
+StepperFactory = Callable[[Transformer, torch.Tensor, int], Stepper]
+
+
+def length_limits(src_lens: list[int], settings: DecodeConfig, max_positions: int,
+                  at_least: list[int] | None = None) -> list[int]:
+    """Per-sentence maximum output length: ``a * (source tokens + EOS) + b``, raised to
+    ``at_least`` (e.g. a forced prefix + 1), never past the model's positions."""
+    limit = max_positions - 1
+    out = [int(settings.max_len_a * (n + 1) + settings.max_len_b) for n in src_lens]
+    if at_least is not None:
+        out = [max(m, k) for m, k in zip(out, at_least)]
+    return [min(m, limit) for m in out]
+
+
+@dataclasses.dataclass
+class SearchBatch:
+    """Sentences ``index`` of the input as a padded source [B,S] (EOS appended) with limits."""
+
+    index: np.ndarray
+    src: torch.Tensor
+    limits: Limits
+
+
+def search_batches(src: list[list[int]], settings: DecodeConfig, max_positions: int,
+                   device: torch.device, at_least: list[int] | None = None
+                   ) -> Iterator[SearchBatch]:
+    """Length-sorted batches of ``settings.batch_size`` sentences, ready for a search."""
+    for idx in sentence_batches([len(s) for s in src], settings.batch_size):
+        seqs = [src[i] for i in idx]
+        floor = None if at_least is None else [at_least[i] for i in idx]
+        max_len = torch.tensor(length_limits([len(s) for s in seqs], settings, max_positions,
+                                             floor), device=device)
+        src_t = pad_sequences(seqs, suffix=EOS).to(device)
+        yield SearchBatch(idx, src_t, Limits.of(len(idx), max_len, settings.min_len, device))
+
+
+class Translator:
+    """A trained model + its SentencePiece model, ready to translate text (the generator:
+    batching and limits here, the search policy in ``gapless.decode``)."""
+
+    def __init__(self, model: Transformer, vocab: Vocab | None, decode: DecodeConfig, device,
+                 dtype: str = "fp32", stepper: StepperFactory = ModelStepper):
+        self.model = model.to(device).eval()
+        self.vocab, self.decode_cfg, self.device = vocab, decode, device
+        self.stepper = stepper
+        # bf16 on fp32 weights (validation during training): autocast; a model cast to bf16 by
+        # ``load`` runs natively, without autocast re-casting every weight at every step
+        weights_fp32 = next(model.parameters()).dtype == torch.float32
+        self.dtype = dtype if weights_fp32 else "fp32"
+
+    def settings(self, **overrides) -> DecodeConfig:
+        """The run's decode settings with ``overrides`` (``beam=5``, ``len_penalty=0.6``, ...;
+        ``None`` keeps the run's value)."""
+        fields = {f.name for f in dataclasses.fields(DecodeConfig)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(f"unknown decode settings {unknown} (known: {sorted(fields)})")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self.decode_cfg, **given)
+
+    def translate_ids(self, src: list[list[int]], sampling: dict | None = None,
+                      **overrides) -> list[list[int]]:
+        """Token ids (without EOS) -> best hypothesis ids, in input order. ``sampling``:
+        ``make_sampler`` arguments instead of a search."""
+        return [h[0].tokens if h else [] for h in self.translate_nbest(src, sampling, **overrides)]
+
+    def translate_nbest(self, src: list[list[int]], sampling: dict | None = None,
+                        **overrides) -> list[list[Hypothesis]]:
+        """Token ids -> each sentence's ``nbest`` hypotheses (best first), in input order."""
+        settings = self.settings(**overrides)
+        out: list[list[Hypothesis]] = [[] for _ in src]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for batch in search_batches(src, settings, self.model.cfg.max_positions,
+                                        self.device):
+                with torch.no_grad(), autocast(self.device, self.dtype):
+                    found = self._search(batch, settings, sampling)
+                for i, hyps in zip(batch.index, found):
+                    out[int(i)] = hyps
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _search(self, batch: SearchBatch, settings: DecodeConfig,
+                sampling: dict | None) -> list[list[Hypothesis]]:
+        if sampling is not None or settings.beam == 1:
+            sampler = make_sampler(**sampling) if sampling is not None else None
+            hyps = greedy_search(self.stepper(self.model, batch.src, 1), batch.limits, sampler)
+            return [[h] for h in hyps]
+        stepper = self.stepper(self.model, batch.src, settings.beam)
+        return beam_search(stepper, batch.limits, settings.beam, settings.len_penalty,
+                           max(settings.nbest, 1))
+
+    def translate(self, lines: list[str], **kwargs) -> list[str]:
+        """Raw sentences -> detokenised translations (same order)."""
+        ids = self.translate_ids(self.vocab.encode(list(lines)), **kwargs)
+        return self.vocab.decode(ids)
+
+    def translate_stream(self, lines: Iterable[str], chunk: int = 1000, **kwargs):
+        """Yield translations of a (possibly endless) line stream, ``chunk`` lines at a time."""
+        buf: list[str] = []
+        for line in lines:
+            buf.append(line.rstrip("\n"))
+            if len(buf) >= chunk:
+                yield from self.translate(buf, **kwargs)
+                buf = []
+        if buf:
+            yield from self.translate(buf, **kwargs)
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
+         dtype: str = "fp32", pack: bool = True) -> Translator:
+    """A run's weights as a ``Translator``. ``dtype="bf16"`` casts the weights (inference
+    only; log-probs stay fp32); ``pack``: on CPU, linear weights prepacked for oneDNN once."""
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise FileNotFoundError(f"{run.path}: not a run directory (no config.yaml)")
+    cfg = config_mod.load(run.config)
+    configure_inference()
+    model = Transformer(cfg.model)
+    run.load_weights(model, checkpoint)
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    device = resolve_device(device)
+    if pack and device.type == "cpu":
+        pack_linears(model)
+    return Translator(model, Vocab(run.spm_model), cfg.decode, device, dtype)

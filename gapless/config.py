@@ -343,22 +343,73 @@ def _parse_overrides(overrides, problems: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def load(path: str | Path | None, overrides: list[str] | dict | None = None) -> Config:
-    """Read a YAML config (only the differences from the defaults) and apply overrides."""
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """The shipped presets (``gapless/presets/NAME.yaml``)."""
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset {name!r} (presets: {', '.join(preset_names())})")
+    return path
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A YAML config as a dict, with its ``base:`` (a preset name or a path relative to the
+    file) merged underneath, recursively."""
+    if path in chain:
+        raise ConfigError(f"{path}: 'base' loops: {' -> '.join(map(str, chain + (path,)))}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    base = str(data.pop("base"))
+    local = path.parent / base
+    base_path = local if base.endswith((".yaml", ".yml")) and local.is_file() else None
+    if base_path is None:
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        try:
-            return from_dict(data, overrides)
+            base_path = preset_path(base)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-    return from_dict(data, overrides)
+            raise ConfigError(f"{path}: base: {exc}") from None
+    return _deep_merge(_read_yaml(base_path, chain + (path,)), data)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load(path: str | Path | None, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config (only the differences from the defaults, or from its ``base``) and
+    apply overrides. ``path`` may also name a preset (``tiny``, ``multi30k_de_en``, ...)."""
+    if path is None:
+        return from_dict({}, overrides)
+    path = Path(path)
+    if not path.is_file():
+        if path.suffix or len(path.parts) > 1:
+            raise ConfigError(f"config file not found: {path}")
+        path = preset_path(str(path))
+    data = _read_yaml(path)
+    try:
+        return from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_preset(name: str, overrides: list[str] | dict | None = None) -> Config:
+    """A shipped preset (``gapless/presets/NAME.yaml``) with overrides."""
+    return load(preset_path(name), overrides)
 
 
 def to_dict(cfg: Config) -> dict:

@@ -8,7 +8,6 @@ reason are printed first. ``--data.corpus NAME`` (an override) skips the choice.
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import shutil
@@ -21,69 +20,9 @@ from . import corpora
 from .config import Config, ConfigError
 from .data import CorpusError
 
-# The settings of configs/multi30k_de_en.yaml (the peers' model: Transformer 3+3, d256, 4 heads,
-# FFN 1024, joint BPE 8k), repeated here because configs/ is not part of the installed package;
-# tests/test_quickstart.py checks that the two agree.
-MULTI30K = {
-    "name": "quickstart",
-    "model": {
-        "d_model": 256,
-        "n_heads": 4,
-        "ffn_dim": 1024,
-        "enc_layers": 3,
-        "dec_layers": 3,
-        "dropout": 0.2,
-        "norm_position": "pre",
-    },
-    "data": {
-        "corpus": "multi30k",
-        "src_lang": "de",
-        "tgt_lang": "en",
-        "test_splits": ["test2016"],
-        "vocab_size": 8000,
-    },
-    "train": {
-        "max_tokens": 2048,
-        "lr": 1.5e-3,
-        "warmup": 800,
-        "max_updates": 100000,
-        "log_every": 50,
-        "valid_every": 500,
-        "valid_max_sentences": 300,
-        "save_every": 500,
-        "dtype": "bf16",
-    },
-}
-
-# The generated corpus is small and regular: a smaller model learns it in a couple of minutes.
-SYNTHETIC = {
-    "name": "quickstart",
-    "model": {
-        "d_model": 128,
-        "n_heads": 4,
-        "ffn_dim": 512,
-        "enc_layers": 2,
-        "dec_layers": 2,
-        "dropout": 0.1,
-    },
-    "data": {
-        "corpus": "synthetic",
-        "src_lang": "de",
-        "tgt_lang": "en",
-        "test_splits": ["test2016"],
-        "vocab_size": 1000,
-    },
-    "train": {
-        "max_tokens": 2048,
-        "lr": 2.0e-3,
-        "warmup": 200,
-        "log_every": 50,
-        "valid_every": 200,
-        "valid_max_sentences": 200,
-        "save_every": 500,
-        "dtype": "bf16",
-    },
-}
+# the presets (gapless/presets/) the quickstart trains, per corpus; test2016 only
+PRESETS = {"multi30k": "multi30k_de_en", "synthetic": "quickstart_synthetic"}
+QUICKSTART = {"name": "quickstart", "data.test_splits": ["test2016"]}
 
 MULTI30K_EXAMPLES = [
     "Ein Hund läuft durch den Schnee.",
@@ -141,10 +80,10 @@ def choose_corpus(data_dir: str | None = None, download: bool = True) -> tuple[s
 
 def build_config(corpus: str, minutes: float, overrides=None) -> Config:
     """The quickstart config for ``corpus`` with ``train.max_minutes = minutes``, then overrides."""
-    base = copy.deepcopy(SYNTHETIC if corpus == "synthetic" else MULTI30K)
-    base["data"]["corpus"] = corpus
-    base["train"]["max_minutes"] = float(minutes)
-    return config_mod.from_dict(base, overrides)
+    preset = PRESETS.get(corpus, PRESETS["multi30k"])
+    fixed = {**QUICKSTART, "data.corpus": corpus, "train.max_minutes": float(minutes)}
+    cfg = config_mod.load_preset(preset, fixed)  # then the user's overrides on top
+    return config_mod.from_dict(config_mod.to_dict(cfg), overrides)
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -174,7 +113,7 @@ def quickstart(minutes: float = 10, run_dir=None, overrides=None) -> dict:
     beam 5, translate three examples. Returns a summary dict (also written to quickstart.json)."""
     from .evaluate import evaluate
     from .inference import load
-    from .train import train
+    from .training import train
 
     run_dir = Path(run_dir) if run_dir else Path("runs") / "quickstart"
     explicit = _explicit_corpus(overrides)

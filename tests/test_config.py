@@ -245,3 +245,42 @@ def test_repo_configs_load():
         assert isinstance(cfg, Config)
     tiny = C.load(ROOT / "configs" / "tiny.yaml")
     assert tiny.model.d_model == 32 and tiny.name == "tiny"
+
+
+def test_every_preset_loads_by_name_and_configs_point_at_presets():
+    from gapless import presets
+
+    names = presets.names()
+    assert {"tiny", "multi30k_de_en", "multi30k_de_en_60min", "quickstart_synthetic"} <= set(names)
+    for name in names:
+        assert C.load(name) == presets.load(name)
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        assert C.load(path) == presets.load(path.stem), path.name
+
+
+def test_base_merges_underneath_and_overrides_win(tmp_path):
+    path = write(tmp_path, "base: multi30k_de_en\nname: mine\ntrain:\n  lr: 1.0e-4\n")
+    cfg = C.load(path, ["--model.dropout", "0.5"])
+    preset = C.load("multi30k_de_en")
+    assert (cfg.name, cfg.train.lr, cfg.model.dropout) == ("mine", 1e-4, 0.5)
+    assert cfg.train.max_tokens == preset.train.max_tokens  # untouched keys come from the base
+    assert cfg.model.norm_position == preset.model.norm_position == "pre"
+
+
+def test_base_may_be_a_file_next_to_the_config(tmp_path):
+    (tmp_path / "parent.yaml").write_text("model:\n  d_model: 64\n  n_heads: 2\n")
+    path = write(tmp_path, "base: parent.yaml\nmodel:\n  n_heads: 4\n")
+    cfg = C.load(path)
+    assert (cfg.model.d_model, cfg.model.n_heads) == (64, 4)
+
+
+def test_unknown_preset_and_base_loops_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no preset 'nope'.*tiny"):
+        C.load("nope")
+    path = write(tmp_path, "base: nope\n")
+    with pytest.raises(ConfigError, match="base: no preset 'nope'"):
+        C.load(path)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        C.load(tmp_path / "a.yaml")

@@ -1,4 +1,4 @@
-"""gapless.quickstart: corpus choice, config agreement with configs/, a tiny end-to-end run."""
+"""gapless.quickstart: corpus choice, the presets it trains, a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gapless import corpora, quickstart
+from gapless import corpora, presets, quickstart
 from gapless.config import ConfigError
 from gapless.data import CorpusError
 
@@ -23,7 +23,7 @@ TINY = {  # dotted overrides, as a dict
 
 
 def test_multi30k_settings_match_the_config_file():
-    data = yaml.safe_load((REPO / "configs" / "multi30k_de_en.yaml").read_text())
+    data = yaml.safe_load(presets.path("multi30k_de_en").read_text())
     cfg = quickstart.build_config("multi30k", 10)
     for key, value in data["model"].items():
         assert getattr(cfg.model, key) == value, f"model.{key}"

@@ -24,7 +24,7 @@ from gapless import config as config_mod
 from gapless.checkpoint import RunDir, atomic_write_text
 from gapless.evaluate import evaluate, score_split
 from gapless.inference import load
-from gapless.train import train
+from gapless.training import train
 
 LOGGED = ("replaced", "pred_differs", "oracle_bleu", "oracle_searched", "p_gold",
           "s_per_update", "step_vs_tf")

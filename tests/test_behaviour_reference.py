@@ -50,10 +50,11 @@ def _fingerprint(model) -> dict[str, list[float]]:
 
 
 def _train(corpus: Path, run: Path, strategy: dict, monkeypatch) -> dict:
-    from gapless import train as train_mod
+    from gapless.training import criterion as criterion_mod
+    from gapless.training import train
 
     losses: list[float] = []
-    original = train_mod.label_smoothed_nll
+    original = criterion_mod.label_smoothed_nll
 
     def recording(logits, target, eps):
         loss, nll = original(logits, target, eps)
@@ -61,13 +62,13 @@ def _train(corpus: Path, run: Path, strategy: dict, monkeypatch) -> dict:
             losses.append(float(loss.detach()) / len(target))  # per token
         return loss, nll
 
-    monkeypatch.setattr(train_mod, "label_smoothed_nll", recording)
+    monkeypatch.setattr(criterion_mod, "label_smoothed_nll", recording)
     cfg = config_mod.load(TINY, {
         "data.corpus": str(corpus), "train.dtype": "fp32", "train.max_updates": UPDATES,
         "train.log_every": 1, "train.valid_every": UPDATES, "train.save_every": UPDATES,
         "model.dropout": 0.1, "train.max_tokens": 512, "train.lr": 5e-3, **strategy})
-    train_mod.train(cfg, run)
-    monkeypatch.setattr(train_mod, "label_smoothed_nll", original)
+    train(cfg, run)
+    monkeypatch.setattr(criterion_mod, "label_smoothed_nll", original)
     logged = [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
               if r["kind"] == "train"]
     return {"step_losses": losses, "logged_losses": logged}

@@ -31,7 +31,7 @@ from gapless.strategies import (
     mix,
     topk_weights,
 )
-from gapless.train import LossModule, train
+from gapless.training import Criterion, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -80,7 +80,8 @@ def _inputs(model, batch, strategy, progress=AT):
 def _loss_and_grads(model, strategy, batch, seed=5, eps=0.1):
     torch.manual_seed(seed)
     model.zero_grad()
-    loss, nll = LossModule(model, strategy, eps)(batch, AT)
+    loss, _, logging = Criterion(model, strategy, eps)(batch, AT)
+    nll = logging["nll"]
     loss.backward()
     return loss.detach(), nll, [p.grad.clone() for p in model.parameters()]
 
@@ -336,12 +337,12 @@ def test_schedule_follows_progress():
 def test_each_strategy_overfits_one_batch(name, kw):
     model, batch = _model(), _batch()
     strategy = _strategy(name, p=0.5, **kw)
-    loss_module = LossModule(model, strategy, 0.0)
+    criterion = Criterion(model, strategy, 0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
     losses = []
     for _ in range(50):
-        loss, _ = loss_module(batch, AT)
+        loss, _, _ = criterion(batch, AT)
         optimizer.zero_grad()
         (loss / batch.n_tokens).backward()
         optimizer.step()
@@ -445,8 +446,8 @@ def test_sentence_oracle_picks_the_best_bleu_candidate(monkeypatch):
     ]
     calls = []
 
-    def fake_beam_search(stepper, batch_size, beam, max_len, min_len, **kw):
-        calls.append((beam, max_len.tolist(), min_len.tolist()))
+    def fake_beam_search(stepper, limits, beam, **kw):
+        calls.append((beam, limits.max_len.tolist(), limits.min_len.tolist()))
         return scripted
 
     monkeypatch.setattr(strategies_mod, "beam_search", fake_beam_search)
@@ -554,11 +555,11 @@ def test_soft_input_under_bf16_autocast_matches_the_float32_softmax(alpha):
 
 
 def test_first_pass_shares_the_cross_attention_kv_and_changes_nothing():
-    """LossModule computes the memory's cross-attention K/V once (``cross_cache``); the first
+    """The criterion computes the memory's cross-attention K/V once (``cross_cache``); the first
     pass and the second reuse them. Loss and gradients equal the unshared computation (each
     pass projecting memory itself), dropout on, same seed."""
     import gapless.model as gm
-    from gapless.train import label_smoothed_nll
+    from gapless.training import label_smoothed_nll
 
     model, batch = _model(dropout=0.1), _batch()
     strategy = _strategy(p=0.5, predicted="argmax")
@@ -635,7 +636,7 @@ def test_soft_costs_two_table_products_more_than_argmax():
         counter = FlopCounterMode(display=False)
         torch.manual_seed(5)
         with counter:
-            LossModule(model, strategy, 0.1)(batch, AT)[0].backward()
+            Criterion(model, strategy, 0.1)(batch, AT)[0].backward()
         flops[kind] = counter.get_total_flops()
         replaced[kind] = round(strategy.stats()["replaced"] * int(_replaceable(batch).sum()))
     assert replaced["argmax"] == replaced["soft"] > 0

@@ -1,4 +1,4 @@
-"""gapless.train: the loss, exact resume after a kill, DDP == gradient accumulation."""
+"""gapless.training: the loss, exact resume after a kill, DDP == gradient accumulation."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from gapless.checkpoint import RunDir
 from gapless.corpora import synthetic_pair
 from gapless.model import Transformer
 from gapless.prepare import prepare
-from gapless.train import build_optimizer, inverse_sqrt, label_smoothed_nll, train
+from gapless.training import build_optimizer, inverse_sqrt, label_smoothed_nll, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -336,7 +336,7 @@ def test_checkpoint_pruning_keeps_pinned(prepared, tmp_path):
 _WORKER = """
 import json, sys
 from gapless import config
-from gapless.train import train
+from gapless.training import train
 for run_dir, overrides in json.loads(sys.argv[2]):  # one process group, several runs
     train(config.load(sys.argv[1], overrides), run_dir)
 """
@@ -452,7 +452,7 @@ def test_ddp_resume_with_dropout_is_exact(prepared, tmp_path):
 def test_training_releases_free_heap_once_per_log_interval(prepared, tmp_path, monkeypatch):
     """glibc keeps freed blocks of ever-new batch shapes: the loop trims the heap at every
     log interval (gapless/runtime.py), not at every update."""
-    import gapless.train as train_mod
+    import gapless.training.trainer as train_mod
 
     calls = []
     monkeypatch.setattr(train_mod, "release_free_memory", lambda: calls.append(1))

@@ -1,0 +1,44 @@
+"""The distributed context of a ``torchrun`` job: rank, world size, barriers, flags."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Distributed", "training_device"]
+
+
+class Distributed:
+    """Rank / world size from torchrun's environment; a no-op for one process."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device_type = device.type  # NCCL only moves CUDA tensors
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device_type)  # cuda: the current device
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+
+def training_device(device: torch.device, ddp: Distributed) -> torch.device:
+    """Under DDP on CUDA, each process takes the GPU of its local rank."""
+    if device.type == "cuda" and ddp.world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device

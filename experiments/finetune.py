@@ -40,7 +40,7 @@ def run_one(spec: dict, base: Path, run_dir: Path, method: str, seed: int) -> di
     if done.is_file():
         return json.loads(done.read_text())
     overrides = {**spec.get("common", {}), **(spec["methods"][method] or {}), "train.seed": seed}
-    cfg = config_mod.load(base / "config.yaml", overrides)
+    cfg = RunDir(base).load_config(overrides)
     cfg.name = f"{spec.get('name', 'finetune')}-{method}-s{seed}"
     start = time.perf_counter()
     state = train(cfg, run_dir, init_from=base)
@@ -67,7 +67,7 @@ def base_scores(spec: dict, base: Path, runs: Path) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     data = {k: v for k, v in spec.get("common", {}).items() if k.startswith("data.")}
-    cfg = config_mod.load(base / "config.yaml", data)  # the fine-tunes' corpus, if changed
+    cfg = RunDir(base).load_config(data)  # the fine-tunes' corpus, if changed
     translator = load(base, "best", dtype=spec.get("dtype", "fp32"))
     scores = {}
     for split in spec["splits"]:  # scored, not written into the base's eval/

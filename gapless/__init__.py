@@ -1,5 +1,6 @@
 """gapless: Transformer NMT that trains the way it decodes."""
 
+from . import model, schedules, strategies  # noqa: F401  (their registries declare the choices)
 from .config import Config
 from .config import load as load_config
 from .inference import Translator, load

@@ -27,6 +27,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from . import config as config_mod
+from .config import Config
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Temp file + fsync + rename: a reader sees the old file or the new one, never half."""
@@ -55,6 +58,12 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     log = property(lambda self: self.path / "log.jsonl")
     eval = property(lambda self: self.path / "eval")
+
+    def load_config(self, overrides: list[str] | dict | None = None) -> Config:
+        """The run's resolved config (``config.yaml``), with ``overrides``."""
+        if not self.config.is_file():
+            raise FileNotFoundError(f"{self.path}: not a run directory (no config.yaml)")
+        return config_mod.load(self.config, overrides, saved=True)
 
     def mkdirs(self) -> None:
         for p in (self.path, self.data, self.checkpoints, self.eval):

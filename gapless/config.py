@@ -33,15 +33,16 @@ class ModelConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.0
     act_dropout: float = 0.0
-    activation: str = "relu"  # relu | gelu
-    score: str = "sqrt"  # sqrt | none | qk_norm
-    norm: str = "layer"  # layer | rms | batch
-    norm_position: str = "post"  # post (paper) | pre
-    projections: str = "separate"  # separate | shared_qk | none
+    # the allowed values of a choice setting are the keys of its registry (``CHOICES``)
+    activation: str = "relu"
+    score: str = "sqrt"  # attention score scaling
+    norm: str = "layer"
+    norm_position: str = "post"  # post: the paper's
+    projections: str = "separate"  # Q/K/V projections
     tie_encoder_decoder: bool = True  # encoder and decoder share one embedding table
     tie_output: bool = True  # decoder table is the output projection
-    embed_scale: str = "sqrt"  # sqrt (x sqrt(d_model)) | none
-    positions: str = "sinusoidal"  # sinusoidal | learned
+    embed_scale: str = "sqrt"  # sqrt: x sqrt(d_model)
+    positions: str = "sinusoidal"
     max_positions: int = 1024
     vocab_size: int = 0  # filled in from the SentencePiece model
     pad_id: int = 0
@@ -59,10 +60,10 @@ class DataConfig:
     valid_split: str = "valid"
     test_splits: list[str] = field(default_factory=lambda: ["test2016"])
     vocab_size: int = 8000
-    spm_type: str = "bpe"  # bpe | unigram
+    spm_type: str = "bpe"
     character_coverage: float = 1.0
     max_len: int = 256  # tokens per side; longer training pairs are dropped (and counted)
-    bad_pairs: str = "drop"  # drop (filter, report counts) | error (stop at the first, file:line)
+    bad_pairs: str = "drop"  # drop: filter, report counts; error: stop at the first, file:line
     download: bool = True  # fetch a named corpus into the cache when it is not found locally
 
 
@@ -90,8 +91,8 @@ class TrainConfig:
     patience: int = 0  # early stopping after N validations without a better BLEU (0: off)
     save_every: int = 1000
     keep_last: int = 2
-    dtype: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
-    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "bf16"  # bf16: autocast, fp32 master weights
+    device: str = "auto"
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     progress: bool = True
 
@@ -114,25 +115,27 @@ class StrategyConfig:
     """What the decoder sees while training (methods.md 2-5). Defaults leave teacher forcing
     unchanged; the other fields matter only for the two-pass strategies."""
 
-    name: str = "teacher_forcing"  # teacher_forcing | scheduled_sampling | word_oracle
-    #                                | sentence_oracle
+    name: str = "teacher_forcing"  # a key of gapless.strategies.STRATEGIES
     # predicted input per slot (scheduled_sampling; word_oracle always samples)
-    predicted: str = "argmax"  # argmax | sample | soft | topk_soft | gumbel_soft
+    predicted: str = "argmax"  # a key of gapless.strategies.PREDICTED
     temperature: float = 1.0  # tau of sample / gumbel_soft (applied before the noise)
     alpha: float = 1.0  # soft / topk_soft: softmax(alpha * logits)
     topk: int = 5  # topk_soft: the k largest logits
     first_pass_grad: bool = False  # backpropagate through the first pass (soft kinds carry it)
     mle_weight: float = 0.0  # > 0: add this x the first (teacher-forced) pass's loss
-    mix_unit: str = "token"  # token | sentence | batch: one gold/predicted draw per ...
-    # schedule of p = probability of the gold token (gapless.schedules)
-    schedule: str = "auto"  # auto (inverse_sigmoid; or_nmt for the oracles) | constant | linear
-    #                         | exponential | inverse_sigmoid | or_nmt
-    schedule_unit: str = "auto"  # auto (epoch for or_nmt, else update) | update | epoch
-    k: float = 1000.0  # constant: p; linear: start; exponential: base; inverse_sigmoid: k
+    mix_unit: str = "token"  # one gold/predicted draw per token, sentence or batch
+    # schedule of p = probability of the gold token (gapless.schedules.SCHEDULES); auto:
+    # inverse_sigmoid, or or_nmt for the oracles
+    schedule: str = "auto"
+    schedule_unit: str = "auto"  # auto: epoch for or_nmt, else update
+    constant_p: float = 1.0  # constant: p
+    linear_start: float = 1.0  # linear: p at 0
+    linear_slope: float = 0.0  # linear: p falls by this per unit
+    exp_base: float = 1.0  # exponential: p = exp_base ** i
+    sigmoid_k: float = 1000.0  # inverse_sigmoid: k / (k + exp(i / k))
     half_at: float = 0.0  # > 0: inverse_sigmoid's k such that p = 0.5 at this progress
-    c: float = 0.0  # linear: slope per unit
     p_min: float = 0.0  # floor of p
-    mu: float = 15.0  # or_nmt: mu / (mu + exp(i / mu)); OR-NMT used 15 or 50 per epoch
+    or_nmt_mu: float = 15.0  # or_nmt: mu / (mu + exp(i / mu)); OR-NMT used 15 or 50 per epoch
     step_eps: float = 0.0  # > 0: decoding-step schedule p_t = step_eps ** (t * (1 - f(i)))
     # sentence_oracle
     oracle_beam: int = 4  # length-constrained beam size
@@ -206,6 +209,9 @@ def _merge(obj: Any, data: dict, prefix: str, problems: list[str]) -> None:
     types_ = _field_types(type(obj))
     for key, value in data.items():
         where = f"{prefix}{key}"
+        if key not in types_ and where in RENAMED:
+            problems.append(f"'{where}' was renamed: {RENAMED[where]}")
+            continue
         if key not in types_:
             problems.append(f"unknown key '{where}' (known: {', '.join(sorted(types_))})")
             continue
@@ -219,25 +225,31 @@ def _merge(obj: Any, data: dict, prefix: str, problems: list[str]) -> None:
             setattr(obj, key, _coerce(value, types_[key], where, problems))
 
 
-CHOICES = {
-    "model.score": ("sqrt", "none", "qk_norm"),
-    "model.norm": ("layer", "rms", "batch"),
-    "model.norm_position": ("post", "pre"),
-    "model.projections": ("separate", "shared_qk", "none"),
-    "model.embed_scale": ("sqrt", "none"),
-    "model.positions": ("sinusoidal", "learned"),
-    "model.activation": ("relu", "gelu"),
+# Settings whose allowed values are fixed here; a registry adds its own setting with
+# ``register_choices`` (gapless.model, gapless.strategies, gapless.schedules), so its keys are
+# the one list of what a setting accepts.
+CHOICES: dict[str, tuple[str, ...]] = {
     "data.spm_type": ("bpe", "unigram"),
     "data.bad_pairs": ("drop", "error"),
     "train.dtype": ("bf16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
-    "strategy.name": (
-        "teacher_forcing", "scheduled_sampling", "word_oracle", "sentence_oracle"),
-    "strategy.predicted": ("argmax", "sample", "soft", "topk_soft", "gumbel_soft"),
-    "strategy.schedule": ("auto", "constant", "linear", "exponential", "inverse_sigmoid", "or_nmt"),
     "strategy.schedule_unit": ("auto", "update", "epoch"),
     "strategy.mix_unit": ("token", "sentence", "batch"),
 }
+
+# old names that now say what they are; a config using one gets this message
+RENAMED = {
+    "strategy.k": "use strategy.constant_p (constant), strategy.linear_start (linear), "
+    "strategy.exp_base (exponential) or strategy.sigmoid_k (inverse_sigmoid)",
+    "strategy.c": "use strategy.linear_slope",
+    "strategy.mu": "use strategy.or_nmt_mu",
+}
+
+
+def register_choices(setting: str, names, extra: tuple[str, ...] = ()) -> None:
+    """Declare the allowed values of ``setting`` ("section.key"): ``extra`` + the registry's
+    keys ``names``."""
+    CHOICES[setting] = tuple(extra) + tuple(names)
 
 
 def validate(cfg: Config) -> list[str]:
@@ -266,22 +278,20 @@ def validate(cfg: Config) -> list[str]:
 
 def _strategy_problems(s: StrategyConfig) -> list[str]:
     problems = []
-    for key in ("temperature", "alpha", "mu"):
+    for key in ("temperature", "alpha", "or_nmt_mu"):
         if not getattr(s, key) > 0:
             problems.append(f"strategy.{key} must be > 0")
     if s.topk < 1 or s.oracle_beam < 1:
         problems.append("strategy.topk and strategy.oracle_beam must be >= 1")
-    if s.mle_weight < 0 or s.half_at < 0 or s.c < 0:
-        problems.append("strategy.mle_weight, strategy.half_at and strategy.c must be >= 0")
-    if not 0 <= s.p_min <= 1 or not 0 <= s.step_eps <= 1:
-        problems.append("strategy.p_min and strategy.step_eps must be in [0, 1]")
-    if s.schedule in ("constant", "exponential") and not 0 <= s.k <= 1:
-        problems.append(f"strategy.k is p (constant) or the base (exponential): in [0, 1] for "
-                        f"schedule {s.schedule}, got {s.k}")
-    inverse_sigmoid = s.schedule == "inverse_sigmoid" or (
-        s.schedule == "auto" and s.name == "scheduled_sampling")
-    if inverse_sigmoid and s.half_at == 0 and s.k < 1:
-        problems.append(f"strategy.k of the inverse sigmoid must be >= 1, got {s.k}")
+    for key in ("mle_weight", "half_at", "linear_slope"):
+        if getattr(s, key) < 0:
+            problems.append(f"strategy.{key} must be >= 0")
+    for key in ("p_min", "step_eps", "constant_p", "exp_base"):
+        if not 0 <= getattr(s, key) <= 1:
+            problems.append(f"strategy.{key} must be in [0, 1]")
+    if s.half_at == 0 and s.sigmoid_k < 1:
+        problems.append(f"strategy.sigmoid_k of the inverse sigmoid must be >= 1, got "
+                        f"{s.sigmoid_k}")
     if s.oracle_refresh < 0:
         problems.append("strategy.oracle_refresh must be >= 0 (0: search every update)")
     if s.mle_weight > 0 and s.name == "sentence_oracle":
@@ -390,9 +400,32 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load(path: str | Path | None, overrides: list[str] | dict | None = None) -> Config:
+def migrate(data: dict) -> dict:
+    """A config saved by an older gapless with the renamed schedule parameters in their new
+    names (``strategy.k`` goes to the parameter of the schedule the run used)."""
+    old = dict(data.get("strategy") or {})
+    if not {"k", "c", "mu"} & old.keys():
+        return data
+    name = old.get("schedule", "auto")
+    if name == "auto":
+        name = "inverse_sigmoid" if old.get("name") == "scheduled_sampling" else "or_nmt"
+    k_field = {"constant": "constant_p", "linear": "linear_start", "exponential": "exp_base",
+               "inverse_sigmoid": "sigmoid_k"}.get(name)
+    if "k" in old and k_field is not None:
+        old.setdefault(k_field, old["k"])
+    for before, after in (("c", "linear_slope"), ("mu", "or_nmt_mu")):
+        if before in old:
+            old.setdefault(after, old[before])
+    for before in ("k", "c", "mu"):
+        old.pop(before, None)
+    return {**data, "strategy": old}
+
+
+def load(path: str | Path | None, overrides: list[str] | dict | None = None,
+         saved: bool = False) -> Config:
     """Read a YAML config (only the differences from the defaults, or from its ``base``) and
-    apply overrides. ``path`` may also name a preset (``tiny``, ``multi30k_de_en``, ...)."""
+    apply overrides. ``path`` may also name a preset (``tiny``, ``multi30k_de_en``, ...).
+    ``saved``: a run's own config.yaml, written by any gapless version (old names migrated)."""
     if path is None:
         return from_dict({}, overrides)
     path = Path(path)
@@ -401,6 +434,8 @@ def load(path: str | Path | None, overrides: list[str] | dict | None = None) -> 
             raise ConfigError(f"config file not found: {path}")
         path = preset_path(str(path))
     data = _read_yaml(path)
+    if saved and isinstance(data, dict):
+        data = migrate(data)
     try:
         return from_dict(data, overrides)
     except ConfigError as exc:

@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-from . import config as config_mod
 from .checkpoint import RunDir, atomic_write_text
 from .config import DataConfig
 from .corpora import split_paths
@@ -49,7 +48,7 @@ def evaluate(
     another domain). ``translator``: an already loaded model (several splits, one load)."""
     run = RunDir(run_dir)
     translator = translator or load(run_dir, checkpoint, device, dtype)
-    cfg = config_mod.load(run.config)
+    cfg = run.load_config()
     result, hyps = score_split(translator, cfg.data, split, **decode_kwargs)
     result["decode"] = {**cfg.decode.__dict__, **decode_kwargs}
     name = result["split"] = split.replace(":", ".")  # the file name

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import config as config_mod
 from .checkpoint import RunDir
 from .config import DecodeConfig
 from .data import EOS, Vocab, pad_sequences, sentence_batches
@@ -142,9 +141,7 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
     """A run's weights as a ``Translator``. ``dtype="bf16"`` casts the weights (inference
     only; log-probs stay fp32); ``pack``: on CPU, linear weights prepacked for oneDNN once."""
     run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise FileNotFoundError(f"{run.path}: not a run directory (no config.yaml)")
-    cfg = config_mod.load(run.config)
+    cfg = run.load_config()
     configure_inference()
     model = Transformer(cfg.model)
     run.load_weights(model, checkpoint)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import StrategyConfig
+from .config import StrategyConfig, register_choices
 
 
 @dataclass(frozen=True)
@@ -48,30 +48,33 @@ def k_for_half(n: float) -> float:
 
 
 def constant(i: float, cfg: StrategyConfig) -> float:
-    """p = k at every step."""
-    return cfg.k
+    """p = constant_p at every step."""
+    return cfg.constant_p
 
 
 def linear(i: float, cfg: StrategyConfig) -> float:
-    """p = k - c i (Bengio et al. 2015, sec. 2.4; the floor p_min is applied by the caller)."""
-    return cfg.k - cfg.c * i
+    """p = linear_start - linear_slope * i (Bengio et al. 2015, sec. 2.4; the floor p_min is
+    applied by the caller)."""
+    return cfg.linear_start - cfg.linear_slope * i
 
 
 def exponential(i: float, cfg: StrategyConfig) -> float:
-    """p = k ** i, k < 1 (Bengio et al. 2015): 0.9999 per update halves p after ~6.9k updates."""
-    return cfg.k**i
+    """p = exp_base ** i, exp_base < 1 (Bengio et al. 2015)."""
+    return cfg.exp_base**i
 
 
 def inverse_sigmoid(i: float, cfg: StrategyConfig) -> float:
-    """p = k / (k + exp(i / k)), k >= 1 (Bengio et al. 2015); p = 0.5 at i = k ln k.
-    ``cfg.half_at > 0`` gives k from that point instead of ``cfg.k``."""
-    k = k_for_half(cfg.half_at) if cfg.half_at > 0 else cfg.k
+    """p = k / (k + exp(i / k)), k = sigmoid_k >= 1 (Bengio et al. 2015); p = 0.5 at
+    i = k ln k. ``cfg.half_at > 0`` gives k from that point instead."""
+    k = k_for_half(cfg.half_at) if cfg.half_at > 0 else cfg.sigmoid_k
     return k / (k + _exp(i / k))
 
 
 def or_nmt(i: float, cfg: StrategyConfig) -> float:
-    """p = mu / (mu + exp(e / mu)), OR-NMT's decay (Zhang et al. 2019), e = epoch."""
-    return cfg.mu / (cfg.mu + _exp(i / cfg.mu))
+    """p = mu / (mu + exp(e / mu)), mu = or_nmt_mu, OR-NMT's decay (Zhang et al. 2019),
+    e = epoch."""
+    mu = cfg.or_nmt_mu
+    return mu / (mu + _exp(i / mu))
 
 
 SCHEDULES: dict[str, Callable[[float, StrategyConfig], float]] = {
@@ -81,6 +84,9 @@ SCHEDULES: dict[str, Callable[[float, StrategyConfig], float]] = {
     "inverse_sigmoid": inverse_sigmoid,
     "or_nmt": or_nmt,
 }
+
+
+register_choices("strategy.schedule", SCHEDULES, extra=("auto",))
 
 
 def resolve(cfg: StrategyConfig, default: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .config import StrategyConfig
+from .config import StrategyConfig, register_choices
 from .data import BOS, PAD, Batch
 from .decode import Limits, ModelStepper, beam_search, row_argmax
 from .metrics import sentence_bleu
@@ -448,6 +448,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "word_oracle": WordOracle,
     "sentence_oracle": SentenceOracle,
 }
+
+
+register_choices("strategy.name", STRATEGIES)
+register_choices("strategy.predicted", PREDICTED)
 
 
 def build_strategy(cfg: StrategyConfig) -> Strategy:

@@ -25,9 +25,9 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 STRATEGIES = {
     "teacher_forcing": {},
     "scheduled_sampling": {"strategy.name": "scheduled_sampling", "strategy.predicted": "sample",
-                           "strategy.schedule": "constant", "strategy.k": 0.5},
+                           "strategy.schedule": "constant", "strategy.constant_p": 0.5},
     "word_oracle": {"strategy.name": "word_oracle", "strategy.schedule": "constant",
-                    "strategy.k": 0.6},
+                    "strategy.constant_p": 0.6},
 }
 UPDATES = 80
 
@@ -45,7 +45,7 @@ def _corpus(folder: Path) -> Path:
 
 def _fingerprint(model) -> dict[str, list[float]]:
     """Per parameter: (sum, sum of squares) in float64, enough to tell any change apart."""
-    return {name: [float(p.double().sum()), float(p.double().pow(2).sum())]
+    return {name: [float(p.detach().double().sum()), float(p.detach().double().pow(2).sum())]
             for name, p in model.named_parameters()}
 
 

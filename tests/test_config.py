@@ -284,3 +284,61 @@ def test_unknown_preset_and_base_loops_are_errors(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="loops"):
         C.load(tmp_path / "a.yaml")
+
+
+def test_choices_are_the_registries_keys():
+    """One source of truth: a choice setting accepts exactly its registry's keys."""
+    from gapless import layers, model, schedules, strategies
+
+    registries = {
+        "model.norm": layers.NORMS, "model.norm_position": layers.RESIDUALS,
+        "model.score": layers.SCORES, "model.projections": layers.PROJECTIONS,
+        "model.activation": layers.ACTIVATIONS, "model.embed_scale": model.EMBED_SCALES,
+        "model.positions": model.POSITIONS, "strategy.name": strategies.STRATEGIES,
+        "strategy.predicted": strategies.PREDICTED,
+    }
+    for setting, registry in registries.items():
+        assert C.CHOICES[setting] == tuple(registry), setting
+    assert C.CHOICES["strategy.schedule"] == ("auto", *schedules.SCHEDULES)
+
+
+def test_a_new_registry_entry_becomes_a_valid_choice(monkeypatch):
+    from gapless import layers
+
+    with pytest.raises(ConfigError, match="model.norm: 'scale' is not one of layer, rms, batch"):
+        C.from_dict({"model": {"norm": "scale"}})
+    monkeypatch.setitem(C.CHOICES, "model.norm", (*layers.NORMS, "scale"))
+    assert C.from_dict({"model": {"norm": "scale"}}).model.norm == "scale"
+
+
+@pytest.mark.parametrize("old,new", [("k", "strategy.constant_p"), ("c", "strategy.linear_slope"),
+                                     ("mu", "strategy.or_nmt_mu")])
+def test_renamed_schedule_parameters_are_rejected_naming_the_new_ones(tmp_path, old, new):
+    with pytest.raises(ConfigError, match=f"'strategy.{old}' was renamed: .*{new}"):
+        C.load(None, [f"--strategy.{old}", "0.5"])
+    with pytest.raises(ConfigError, match="was renamed"):
+        C.load(write(tmp_path, f"strategy:\n  {old}: 0.5\n"))
+
+
+@pytest.mark.parametrize("strategy,field,value", [
+    ({"name": "scheduled_sampling", "schedule": "constant"}, "constant_p", 0.5),
+    ({"name": "scheduled_sampling", "schedule": "linear"}, "linear_start", 0.9),
+    ({"name": "scheduled_sampling", "schedule": "exponential"}, "exp_base", 0.999),
+    ({"name": "scheduled_sampling"}, "sigmoid_k", 800.0),  # auto: inverse sigmoid
+])
+def test_a_saved_run_config_of_the_old_names_still_loads(tmp_path, strategy, field, value):
+    import yaml
+
+    from gapless.checkpoint import RunDir
+
+    saved = C.to_dict(Config())
+    old = {k: v for k, v in saved["strategy"].items()
+           if k not in ("constant_p", "linear_start", "linear_slope", "exp_base", "sigmoid_k",
+                        "or_nmt_mu")}
+    saved["strategy"] = {**old, **strategy, "k": value, "c": 0.01, "mu": 50.0}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = RunDir(tmp_path).load_config()
+    assert getattr(cfg.strategy, field) == value
+    assert (cfg.strategy.linear_slope, cfg.strategy.or_nmt_mu) == (0.01, 50.0)
+    with pytest.raises(ConfigError, match="renamed"):  # a hand-written config: an error
+        C.load(tmp_path / "config.yaml")

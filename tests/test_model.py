@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import gapless.model as gm
+import gapless.layers as gm
 from gapless.config import ModelConfig
 from gapless.data import BOS, EOS, PAD
 from gapless.decode import Limits, ModelStepper, beam_search
-from gapless.model import MaskedBatchNorm, Transformer, count_parameters, extend_cache
+from gapless.layers import MaskedBatchNorm, extend_cache
+from gapless.model import Transformer, count_parameters
 
 VOCAB, D = 24, 32
 

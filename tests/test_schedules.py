@@ -28,7 +28,7 @@ def _cfg(**kw) -> StrategyConfig:
 )
 def test_inverse_sigmoid_or_nmt_fine_tuning_points(update, expected):
     """methods.md 4.4: k = 5800 per update -> 1.000, 0.995 (20k), 0.970 (30k), 0.854 (40k)."""
-    cfg = _cfg(schedule="inverse_sigmoid", k=5800)
+    cfg = _cfg(schedule="inverse_sigmoid", sigmoid_k=5800)
     p = gold_probability(cfg, Progress(update, 1))
     assert round(p, 3) == expected
     assert SCHEDULES["inverse_sigmoid"](update, cfg) == pytest.approx(p)
@@ -36,7 +36,7 @@ def test_inverse_sigmoid_or_nmt_fine_tuning_points(update, expected):
 
 @pytest.mark.parametrize("mu", [5.0, 15.0, 50.0])
 def test_or_nmt_is_monotone_in_unit_interval(mu):
-    cfg = _cfg(schedule="or_nmt", mu=mu)
+    cfg = _cfg(schedule="or_nmt", or_nmt_mu=mu)
     values = [gold_probability(cfg, Progress(0, e)) for e in range(2000)]
     assert all(0.0 <= v <= 1.0 for v in values)
     assert all(a > b for a, b in itertools.pairwise(values))  # strictly decreasing
@@ -48,7 +48,7 @@ def test_or_nmt_published_settings_stay_gentle():
     """methods.md 4: mu = 15 or 50 per epoch keeps p above ~0.85 (mu = 15: 10 epochs; mu = 50:
     50 epochs); gentle mixing."""
     for mu, epochs in ((15.0, 10), (50.0, 50)):
-        cfg = _cfg(schedule="or_nmt", mu=mu)
+        cfg = _cfg(schedule="or_nmt", or_nmt_mu=mu)
         assert gold_probability(cfg, Progress(0, epochs)) > 0.85
         assert gold_probability(cfg, Progress(0, 3 * epochs)) < 0.85  # not forever
 
@@ -70,31 +70,31 @@ def test_k_for_half_rejects_non_positive():
 
 
 def test_linear_with_floor():
-    cfg = _cfg(schedule="linear", k=1.0, c=1e-4, p_min=0.3)
+    cfg = _cfg(schedule="linear", linear_start=1.0, linear_slope=1e-4, p_min=0.3)
     assert gold_probability(cfg, Progress(0, 1)) == 1.0
     assert gold_probability(cfg, Progress(2_000, 1)) == pytest.approx(0.8)
     assert gold_probability(cfg, Progress(10_000, 1)) == 0.3  # 1 - 1 = 0, floored
     # k > 1: p held at 1 for a while (clipped), then falls
-    held = _cfg(schedule="linear", k=1.5, c=1e-4)
+    held = _cfg(schedule="linear", linear_start=1.5, linear_slope=1e-4)
     assert gold_probability(held, Progress(4_000, 1)) == 1.0
     assert gold_probability(held, Progress(6_000, 1)) == pytest.approx(0.9)
 
 
 def test_exponential_halves_and_floors():
-    cfg = _cfg(schedule="exponential", k=0.9999)
+    cfg = _cfg(schedule="exponential", exp_base=0.9999)
     assert gold_probability(cfg, Progress(6_931, 1)) == pytest.approx(0.5, abs=1e-3)
-    floored = _cfg(schedule="exponential", k=0.9999, p_min=0.6)
+    floored = _cfg(schedule="exponential", exp_base=0.9999, p_min=0.6)
     assert gold_probability(floored, Progress(6_931, 1)) == 0.6
     assert gold_probability(floored, Progress(0, 1)) == 1.0
 
 
 def test_constant():
-    assert gold_probability(_cfg(schedule="constant", k=0.25), Progress(123, 4)) == 0.25
+    assert gold_probability(_cfg(schedule="constant", constant_p=0.25), Progress(123, 4)) == 0.25
 
 
 def test_unit_update_or_epoch():
-    by_update = _cfg(schedule="inverse_sigmoid", k=10, schedule_unit="update")
-    by_epoch = _cfg(schedule="inverse_sigmoid", k=10, schedule_unit="epoch")
+    by_update = _cfg(schedule="inverse_sigmoid", sigmoid_k=10, schedule_unit="update")
+    by_epoch = _cfg(schedule="inverse_sigmoid", sigmoid_k=10, schedule_unit="epoch")
     at = Progress(update=50, epoch=2)
     assert gold_probability(by_update, at) == pytest.approx(10 / (10 + math.exp(5.0)))
     assert gold_probability(by_epoch, at) == pytest.approx(10 / (10 + math.exp(0.2)))

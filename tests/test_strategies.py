@@ -63,7 +63,7 @@ def _batch(seed: int = 0, size: int = 6) -> Batch:
 
 
 def _strategy(name: str = "scheduled_sampling", p: float = 0.5, **kw):
-    return build_strategy(StrategyConfig(name=name, schedule="constant", k=p, **kw))
+    return build_strategy(StrategyConfig(name=name, schedule="constant", constant_p=p, **kw))
 
 
 def _replaceable(batch: Batch) -> torch.Tensor:
@@ -359,7 +359,7 @@ def test_train_end_to_end_logs_strategy_stats(tiny_corpus, tmp_path):
         "--train.valid_every", "10", "--train.save_every", "10",
         "--train.valid_max_sentences", "10", "--decode.beam", "1",
         "--strategy.name", "scheduled_sampling", "--strategy.predicted", "soft",
-        "--strategy.schedule", "linear", "--strategy.k", "1.0", "--strategy.c", "0.05",
+        "--strategy.schedule", "linear", "--strategy.linear_start", "1.0", "--strategy.linear_slope", "0.05",
     ]
     state = train(config_mod.load(TINY, overrides), tmp_path / "run")  # threads: the fixture
     assert state.update == 10
@@ -378,14 +378,14 @@ def test_train_end_to_end_logs_strategy_stats(tiny_corpus, tmp_path):
 def test_config_choices_and_ranges():
     assert config_mod.from_dict(None).strategy.name == "teacher_forcing"
     for bad in ({"strategy.predicted": "bogus"}, {"strategy.name": "nope"},
-                {"strategy.schedule": "constant", "strategy.k": 2.0},
+                {"strategy.schedule": "constant", "strategy.constant_p": 2.0},
                 {"strategy.temperature": 0.0}, {"strategy.schedule_unit": "step"},
-                {"strategy.name": "scheduled_sampling", "strategy.k": 0.5}):
+                {"strategy.name": "scheduled_sampling", "strategy.sigmoid_k": 0.5}):
         with pytest.raises(ConfigError):
             config_mod.from_dict(None, bad)
-    ok = config_mod.from_dict(None, {"strategy.name": "word_oracle", "strategy.mu": 50,
+    ok = config_mod.from_dict(None, {"strategy.name": "word_oracle", "strategy.or_nmt_mu": 50,
                                      "strategy.temperature": 0.8})
-    assert ok.strategy.mu == 50.0
+    assert ok.strategy.or_nmt_mu == 50.0
     assert set(STRATEGIES) == set(config_mod.CHOICES["strategy.name"])
 
 
@@ -394,7 +394,7 @@ def test_config_choices_and_ranges():
 
 
 def _oracle_strategy(**kw):
-    return build_strategy(StrategyConfig(name="sentence_oracle", schedule="constant", k=0.0,
+    return build_strategy(StrategyConfig(name="sentence_oracle", schedule="constant", constant_p=0.0,
                                          **kw))
 
 
@@ -558,7 +558,7 @@ def test_first_pass_shares_the_cross_attention_kv_and_changes_nothing():
     """The criterion computes the memory's cross-attention K/V once (``cross_cache``); the first
     pass and the second reuse them. Loss and gradients equal the unshared computation (each
     pass projecting memory itself), dropout on, same seed."""
-    import gapless.model as gm
+    import gapless.layers as gm
     from gapless.training import label_smoothed_nll
 
     model, batch = _model(dropout=0.1), _batch()

@@ -235,7 +235,7 @@ def test_resume_is_exact_with_cached_sentence_oracles(prepared, tmp_path):
     """The oracle cache travels in the checkpoint: a resumed run reuses the same oracles."""
     corpus = prepared[0]
     over = {"model.dropout": 0.1, "strategy.name": "sentence_oracle",
-            "strategy.schedule": "constant", "strategy.k": 0.5, "strategy.oracle_beam": 2,
+            "strategy.schedule": "constant", "strategy.constant_p": 0.5, "strategy.oracle_beam": 2,
             "strategy.oracle_refresh": 1000}
     straight = _fresh_run(prepared, tmp_path / "straight")
     state = train(_cfg(corpus, **over, **{"train.max_updates": 24}), straight)

@@ -57,7 +57,7 @@ class TrainState:
 
 def _check_same_model(cfg: Config, base: Path) -> None:
     """Fine-tuning needs the base's architecture (dropout may differ): list every mismatch."""
-    base_cfg = config_mod.load(base / "config.yaml")
+    base_cfg = RunDir(base).load_config()
     diff = [f"model.{k}: {v!r} here, {getattr(base_cfg.model, k)!r} in {base}"
             for k, v in cfg.model.__dict__.items()
             if k not in ("dropout", "vocab_size") and v != getattr(base_cfg.model, k)]

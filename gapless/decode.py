@@ -157,6 +157,50 @@ class Limits:
         return self.max_len.device
 
 
+def _finish(finished: list[list[Hypothesis]], is_eos: torch.Tensor, step: tuple, K: int,
+            norm: float) -> None:
+    """Finalise the EOS candidates ranked among the first K of their sentence (fairseq's
+    rule). ``step`` = (active sentence ids [B'], tokens [B'*K, t], candidate scores [B',2K],
+    candidate beams [B',2K])."""
+    active, tokens, top_scores, top_beam = step
+    eos_first = is_eos.clone()
+    eos_first[:, K:] = False
+    s_idx, c_idx = eos_first.nonzero().unbind(1)  # [E] each, sentence-major order
+    rows = s_idx * K + top_beam[s_idx, c_idx]
+    # one host transfer per field, not a few small tensor ops per hypothesis
+    for sent, raw, toks in zip(active[s_idx].tolist(), top_scores[s_idx, c_idx].tolist(),
+                               tokens[rows].tolist()):
+        if len(finished[sent]) < K:
+            finished[sent].append(Hypothesis(toks, raw / norm, raw))
+
+
+def _start(batch_size: int, K: int, device) -> tuple[torch.Tensor, ...]:
+    """The search before step 0: active sentence ids [B], row scores [B*K] (only beam 0 may
+    expand), tokens [B*K, 0], previous tokens [B*K] (BOS)."""
+    active = torch.arange(batch_size, device=device)  # original ids of the active sentences
+    scores = torch.full((batch_size, K), -math.inf, device=device)
+    scores[:, 0] = 0.0
+    tokens = torch.zeros(batch_size * K, 0, dtype=torch.long, device=device)
+    prev = torch.full((batch_size * K,), BOS, dtype=torch.long, device=device)
+    return active, scores.view(-1), tokens, prev
+
+
+def _candidates(lp: torch.Tensor, scores: torch.Tensor, K: int, shared: bool):
+    """The 2K best extensions of each sentence: (scores, beam, token), each [B',2K]. The best
+    2K of a sentence's K*V extensions lie within each beam's own best 2K: select per row first,
+    then over the K*2K survivors (no [B', K*V] score matrix). ``shared``: ``lp`` holds one row
+    per sentence (step 0)."""
+    C = min(2 * K, lp.shape[-1])
+    row_lp, row_tok = row_topk(lp, C)  # [N,C]
+    if shared:  # beams 1..K-1 score -inf: their copies never win
+        row_lp, row_tok = row_lp.repeat_interleave(K, 0), row_tok.repeat_interleave(K, 0)
+    n_active = scores.shape[0] // K
+    cand = (scores[:, None] + row_lp).view(n_active, K * C)
+    top_scores, top_idx = cand.topk(2 * K, dim=1)  # [B',2K]
+    top_beam = torch.div(top_idx, C, rounding_mode="floor")
+    return top_scores, top_beam, row_tok.view(n_active, K * C).gather(1, top_idx)
+
+
 @torch.no_grad()
 def beam_search(
     stepper: Stepper,
@@ -172,12 +216,7 @@ def beam_search(
     stopping). Returns each sentence's ``nbest`` best hypotheses, best first."""
     K, batch_size, device = beam, limits.batch_size, limits.device
     max_len, min_len = limits.max_len, limits.min_len
-    active = torch.arange(batch_size, device=device)  # original ids of the active sentences
-    scores = torch.full((batch_size, K), -math.inf, device=device)
-    scores[:, 0] = 0.0  # at step 0 only the first beam may expand
-    scores = scores.view(-1)
-    tokens = torch.zeros(batch_size * K, 0, dtype=torch.long, device=device)
-    prev = torch.full((batch_size * K,), BOS, dtype=torch.long, device=device)
+    active, scores, tokens, prev = _start(batch_size, K, device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
     n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)
     # step 0: the K rows of a sentence are identical (BOS, and only beam 0 may expand), so a
@@ -194,29 +233,11 @@ def beam_search(
         if not shared:
             row_max, row_min = row_max.repeat_interleave(K), row_min.repeat_interleave(K)
         _forbid(lp, t, row_min, row_max)
-        # the best 2K of a sentence's K*V extensions lie within each beam's own best 2K:
-        # select per row first, then over the K*2K survivors (no [B', K*V] score matrix)
-        C = min(2 * K, lp.shape[-1])
-        row_lp, row_tok = row_topk(lp, C)  # [N,C]
-        if shared:  # beams 1..K-1 score -inf: their copies never win
-            row_lp, row_tok = row_lp.repeat_interleave(K, 0), row_tok.repeat_interleave(K, 0)
-        cand = (scores[:, None] + row_lp).view(n_active, K * C)
-        top_scores, top_idx = cand.topk(2 * K, dim=1)  # [B',2K]
-        top_beam = torch.div(top_idx, C, rounding_mode="floor")
-        top_tok = row_tok.view(n_active, K * C).gather(1, top_idx)
+        top_scores, top_beam, top_tok = _candidates(lp, scores, K, shared)  # [B',2K] each
         is_eos = (top_tok == EOS) & torch.isfinite(top_scores)
-        # finalise EOS candidates ranked among the first K (fairseq's rule)
-        eos_first = is_eos.clone()
-        eos_first[:, K:] = False
-        if eos_first.any():
-            norm = float(t + 1) ** len_penalty
-            s_idx, c_idx = eos_first.nonzero().unbind(1)  # [E] each, sentence-major order
-            rows_e = s_idx * K + top_beam[s_idx, c_idx]
-            # one host transfer per field, not a few small tensor ops per hypothesis
-            for sent, raw, toks in zip(active[s_idx].tolist(), top_scores[s_idx, c_idx].tolist(),
-                                       tokens[rows_e].tolist()):
-                if len(finished[sent]) < K:
-                    finished[sent].append(Hypothesis(toks, raw / norm, raw))
+        if is_eos[:, :K].any():
+            _finish(finished, is_eos, (active, tokens, top_scores, top_beam), K,
+                    float(t + 1) ** len_penalty)
             n_finished = torch.tensor([len(h) for h in finished], device=device)
         # continue with the best K non-EOS candidates of each sentence
         cont_scores = top_scores.masked_fill(is_eos | (top_tok == EOS), -math.inf)

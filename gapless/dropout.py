@@ -1,8 +1,8 @@
 """Dropout (Srivastava et al. 2014) with masks drawn cheaply on the CPU.
 
 ``torch.nn.functional.dropout`` on the CPU draws one float per element with ``bernoulli_``,
-serially on non-Intel CPUs (no MKL stream): ~16% of a training step of the 3+3-layer d256
-model here. This module draws 64 random bits per *four* elements instead and compares 16-bit
+serially on non-Intel CPUs (no MKL stream), a visible share of a small model's training step
+(docs/benchmarks.md). This module draws 64 random bits per *four* elements and compares 16-bit
 slices with a threshold, so an element is dropped with probability round(p * 2**16) / 2**16
 (p = 0.1 -> 0.1000061). Same semantics as ``F.dropout``: kept elements are scaled by
 1 / (1 - p), identity in eval mode, masks from the default generator (seeded, checkpointed

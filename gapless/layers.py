@@ -224,8 +224,8 @@ PROJECTIONS = {"separate": SeparateQKV, "shared_qk": SharedQK, "none": NoProject
 
 def attend(q, k, v, key_mask, causal: bool, scale: float, dropout: float) -> torch.Tensor:
     """softmax(scale * q k^T + mask) v, Vaswani et al. eq. 1. q [B,H,T,Dh], k/v [B,H,S,Dh],
-    key_mask [B,1,1,S] (may attend). On GPU the fused SDPA kernels; on CPU plain matmuls, which
-    measured ~4x faster than the CPU flash kernel in bf16 for sentence-length sequences."""
+    key_mask [B,1,1,S] (may attend). On GPU the fused SDPA kernels; on CPU plain matmuls, faster
+    there than the CPU flash kernel for sentence-length sequences (docs/benchmarks.md)."""
     if q.is_cuda:
         t, s = q.shape[-2], k.shape[-2]
         if causal and t != s:  # SDPA's is_causal aligns top-left; cached chunks need bottom-right

@@ -39,6 +39,29 @@ def paths(cfg: Config, split: str) -> tuple[Path, Path]:
     return split_paths(d.corpus, split, d.src_lang, d.tgt_lang, d.data_dir, d.download)
 
 
+def _vocabulary(cfg: Config, run: RunDir, lines: list[str], vocab_from) -> Vocab:
+    """The joint SentencePiece model: copied from ``vocab_from``, or trained on ``lines``."""
+    if vocab_from is not None:
+        for suffix in (".model", ".vocab"):
+            source = RunDir(vocab_from).spm_prefix.with_suffix(suffix)
+            if source.is_file():
+                atomic_write_bytes(run.spm_prefix.with_suffix(suffix), source.read_bytes())
+        return Vocab(run.spm_model)
+    with tempfile.TemporaryDirectory() as tmp:
+        # SentencePiece reads files; drop blank lines it would otherwise count
+        joint = Path(tmp) / "joint.txt"
+        joint.write_text("".join(x + "\n" for x in lines if x.strip()), encoding="utf-8")
+        return Vocab.train([joint], run.spm_prefix, cfg.data.vocab_size, cfg.data.spm_type,
+                           cfg.data.character_coverage, seed=cfg.train.seed)
+
+
+def _reuse(run: RunDir, report: dict, valid_paths: tuple[Path, Path]) -> Prepared:
+    """An earlier preparation with the same data settings, read back."""
+    return Prepared(Vocab(run.spm_model), ParallelData.load(run.data / "train.safetensors"),
+                    ParallelData.load(run.data / "valid.safetensors"),
+                    read_lines(valid_paths[0]), read_lines(valid_paths[1]), report)
+
+
 def prepare(
     cfg: Config, run_dir: str | Path, force: bool = False, vocab_from: str | Path | None = None
 ) -> Prepared:
@@ -63,35 +86,12 @@ def prepare(
     if not force and report_path.is_file() and run.spm_model.is_file():
         report = json.loads(report_path.read_text())
         if report.get("key") == key:
-            return Prepared(
-                Vocab(run.spm_model),
-                ParallelData.load(run.data / "train.safetensors"),
-                ParallelData.load(run.data / "valid.safetensors"),
-                read_lines(valid_src_path),
-                read_lines(valid_tgt_path),
-                report,
-            )
+            return _reuse(run, report, (valid_src_path, valid_tgt_path))
         log.warning("data settings changed since the last prepare: preparing again")
     src_lines, tgt_lines = read_parallel(train_src, train_tgt)
     if not src_lines:
         raise CorpusError(f"{train_src}: the training split is empty")
-    if vocab_from is not None:
-        for suffix in (".model", ".vocab"):
-            source = RunDir(vocab_from).spm_prefix.with_suffix(suffix)
-            if source.is_file():
-                atomic_write_bytes(run.spm_prefix.with_suffix(suffix), source.read_bytes())
-        vocab = Vocab(run.spm_model)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            # SentencePiece reads files; drop blank lines it would otherwise count
-            joint = Path(tmp) / "joint.txt"
-            joint.write_text(
-                "".join(x + "\n" for x in src_lines + tgt_lines if x.strip()), encoding="utf-8"
-            )
-            vocab = Vocab.train(
-                [joint], run.spm_prefix, cfg.data.vocab_size, cfg.data.spm_type,
-                cfg.data.character_coverage, seed=cfg.train.seed,
-            )
+    vocab = _vocabulary(cfg, run, src_lines + tgt_lines, vocab_from)
     train, train_report = ParallelData.from_text(
         vocab, src_lines, tgt_lines, cfg.data.max_len, cfg.data.bad_pairs,
         names=(str(train_src), str(train_tgt)),

@@ -108,23 +108,8 @@ def _examples(corpus: str) -> tuple[list[str], list[str] | None]:
     return list(MULTI30K_EXAMPLES), None
 
 
-def quickstart(minutes: float = 10, run_dir=None, overrides=None) -> dict:
-    """Train for ``minutes`` on Multi30k De->En (or the generated corpus), evaluate test2016 with
-    beam 5, translate three examples. Returns a summary dict (also written to quickstart.json)."""
-    from .evaluate import evaluate
-    from .inference import load
-    from .training import train
-
-    run_dir = Path(run_dir) if run_dir else Path("runs") / "quickstart"
-    explicit = _explicit_corpus(overrides)
-    probe = config_mod.from_dict(None, overrides)  # validates overrides before any work
-    if explicit is not None:
-        corpus, reason = explicit, "chosen with --data.corpus"
-    else:
-        corpus, reason = choose_corpus(probe.data.data_dir, probe.data.download)
-    cfg = build_config(corpus, minutes, overrides)
-
-    _prepare_run_dir(run_dir)  # before any work: refuses a directory that is not ours
+def _announce(cfg: Config, corpus: str, reason: str, run_dir: Path) -> None:
+    """The banner: which corpus and why, the model, the budget."""
     what = {
         "multi30k": "Multi30k De->En (29,000 training pairs of image captions)",
         "synthetic": "the GENERATED 'synthetic' De->En corpus (a toy grammar, not real data: "
@@ -140,6 +125,38 @@ def quickstart(minutes: float = 10, run_dir=None, overrides=None) -> dict:
         f"  training for {cfg.train.max_minutes:g} minutes into {run_dir}"
     )
 
+
+def _show_examples(corpus: str, run_dir: Path) -> tuple[list[str], list[str]]:
+    """Translate the example sentences with beam 5 and print them."""
+    from .inference import load
+
+    sources, references = _examples(corpus)
+    hyps = load(run_dir).translate(sources, beam=5)
+    _say("\nexamples (beam 5):")
+    for i, (src, hyp) in enumerate(zip(sources, hyps)):
+        _say(f"  {src} -> {hyp}")
+        if references is not None:
+            _say(f"      (the grammar's translation: {references[i]})")
+    return sources, hyps
+
+
+def quickstart(minutes: float = 10, run_dir=None, overrides=None) -> dict:
+    """Train for ``minutes`` on Multi30k De->En (or the generated corpus), evaluate test2016 with
+    beam 5, translate three examples. Returns a summary dict (also written to quickstart.json)."""
+    from .evaluate import evaluate
+    from .training import train
+
+    run_dir = Path(run_dir) if run_dir else Path("runs") / "quickstart"
+    explicit = _explicit_corpus(overrides)
+    probe = config_mod.from_dict(None, overrides)  # validates overrides before any work
+    if explicit is not None:
+        corpus, reason = explicit, "chosen with --data.corpus"
+    else:
+        corpus, reason = choose_corpus(probe.data.data_dir, probe.data.download)
+    cfg = build_config(corpus, minutes, overrides)
+
+    _prepare_run_dir(run_dir)  # before any work: refuses a directory that is not ours
+    _announce(cfg, corpus, reason, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / MARKER).write_text(json.dumps({"corpus": corpus, "reason": reason}))
 
@@ -160,14 +177,7 @@ def quickstart(minutes: float = 10, run_dir=None, overrides=None) -> dict:
     _say(f"  {result['bleu_signature']}")
     _say(f"  hypotheses: {run_dir / 'eval' / (split + '.hyp')}")
 
-    sources, references = _examples(corpus)
-    translator = load(run_dir)
-    hyps = translator.translate(sources, beam=5)
-    _say("\nexamples (beam 5):")
-    for i, (src, hyp) in enumerate(zip(sources, hyps)):
-        _say(f"  {src} -> {hyp}")
-        if references is not None:
-            _say(f"      (the grammar's translation: {references[i]})")
+    sources, hyps = _show_examples(corpus, run_dir)
 
     summary = {
         "corpus": corpus,

@@ -20,8 +20,8 @@ __all__ = ["MALLOC_SETTINGS", "autocast", "configure_inference", "release_free_m
 # mallopt parameter numbers (glibc malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MALLOC_SETTINGS = {
-    M_MMAP_THRESHOLD: 32 << 20,  # glibc's maximum: tensors up to 32 MiB come from the heap
-    M_TRIM_THRESHOLD: 512 << 20,  # keep up to 512 MiB of freed heap top for reuse
+    M_MMAP_THRESHOLD: 32 << 20,  # glibc's maximum: the search's tensors come from the heap
+    M_TRIM_THRESHOLD: 512 << 20,  # freed heap top kept for reuse
 }
 # oneDNN keeps one compiled kernel per matrix shape (1024 by default); search and bucketed
 # batches cycle through more shapes than that

@@ -95,9 +95,8 @@ def categorical_sample(logits: torch.Tensor, temperature: float = 1.0,
     (``right=True``: ids of probability 0, e.g. PAD/BOS at -inf, are never drawn). The same
     distribution as the Gumbel-max argmax(logits / tau + G) of OR-NMT (Zhang et al. 2019,
     eq. 10-11), without [N,V] uniforms and two logs per element. Probabilities in float32,
-    ``rows`` rows at a time: a [rows, V] float32 block stays in cache and in the heap, where
-    one [N, V] block (29 MB at [900, 8000]) paid fresh pages at every call
-    (``benchmarks/cpu_tweaks.py``). The caller's logits are never modified."""
+    ``rows`` rows at a time, so the [rows, V] block stays in cache and in the heap instead of
+    a fresh [N, V] block per call. The caller's logits are never modified."""
     V = logits.shape[-1]
     flat = logits.reshape(-1, V)
     N = flat.shape[0]

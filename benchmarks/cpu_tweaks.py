@@ -1,97 +1,76 @@
-#!/usr/bin/env python3
-"""A/B of this session's CPU tweaks, each against its baseline in the same run; one JSON.
+"""A/B of gapless's CPU tweaks, each against its baseline in the same run; one JSON.
 
-* ``dropout``: training steps (LossModule + Adam, bf16 autocast, 4,096-token batches, dropout
+* ``dropout``: training steps (Criterion + Adam, bf16 autocast, 4,096-token batches, dropout
   0.1, post-norm: the peers' training protocol) alternating gapless's dropout
   (``gapless/dropout.py``) and ``torch.nn.functional.dropout`` step by step in one process, in
   a rotating order; the ratio of each pair, median over pairs.
-* ``malloc``: beam-5 bf16 decoding of test2016 through ``gapless.load`` in fresh processes
-  alternating ``GAPLESS_MALLOC=1`` (``gapless/runtime.py``) and ``=0``; sentences/s per
-  process (median of its passes), ratio per pair.
-* ``packing``: beam-5 bf16 decoding of test2016 by two ``gapless.load`` models in one process,
-  with prepacked linears (``pack=True``, ``gapless/packing.py``) and without, passes
+* ``malloc``: beam-5 bf16 decoding of test2016 through ``gapless.inference.load`` in fresh
+  processes alternating ``GAPLESS_MALLOC=1`` (``gapless/runtime.py``) and ``=0``; sentences/s
+  per process (median of its passes), ratio per pair.
+* ``packing``: beam-5 bf16 decoding of test2016 by two ``gapless.inference.load`` models in one
+  process, with prepacked linears (``pack=True``, ``gapless/packing.py``) and without, passes
   alternating in a rotating order; sentences/s per pass, ratio per pair, median.
 * ``kernels``: ``row_argmax`` / ``row_topk`` (``gapless/decode.py``) against ``argmax`` /
   ``topk`` on [N, V] logits, ``categorical_sample`` (``gapless/strategies.py``) against
-  Gumbel-max sampling and against one [N, V] float32 CDF, and ``PackedLinear`` against ``F.linear`` at the decoder's shapes,
-  interleaved.
+  Gumbel-max sampling and against one [N, V] float32 CDF, and ``PackedLinear`` against
+  ``F.linear`` at the decoder's shapes, interleaved.
 * ``sampling``: training steps of scheduled sampling's ``sample`` input alternating
   ``categorical_sample`` and its one-block predecessor (the sampling call's time in the steps).
 * ``adam``: teacher-forced training steps alternating the trainer's fused Adam and PyTorch's
   default loop over the tensors (the optimizer step's time in the steps).
 
-    .venv/bin/python benchmarks/cpu_tweaks.py --run runs/m30k_de_en
+    python -m benchmarks.cpu_tweaks --run runs/m30k_de_en
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from train_speed import machine
+from benchmarks.common import (
+    child_json,
+    emit,
+    finish,
+    machine,
+    median_ms,
+    relpath,
+    reply,
+    rotated,
+    run_config,
+    split_lines,
+    timed,
+    train_step,
+    trainee,
+    training_batches,
+)
 
 
 def _alternating_steps(install: dict, data, batches, pairs: int,
                        warmup: int) -> dict[str, list[float]]:
     """Training steps (bf16 autocast) alternating variants on the same batches, in an order
     that flips every pair; ``install[name]()`` switches to a variant and returns the
-    (LossModule, optimizer) to step. -> {name: step seconds after ``warmup`` pairs}."""
-    import torch
-
+    (criterion, optimizer) to step. -> {name: step seconds after ``warmup`` pairs}."""
     from gapless.data import collate
-    from gapless.evaluate import autocast
-    from gapless.schedules import Progress
 
     times: dict[str, list[float]] = {name: [] for name in install}
     for i in range(warmup + pairs):
         batch = collate(data, batches[i % len(batches)])
-        order = list(install) if i % 2 == 0 else list(install)[::-1]
-        for name in order:  # both variants on the same batch
-            module, opt = install[name]()
-            start = time.perf_counter()
-            with autocast(torch.device("cpu"), "bf16"):
-                loss, _ = module(batch, Progress(i, 10))
-            (loss / batch.n_tokens).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        for name in rotated(list(install), i):  # both variants on the same batch
+            seconds = train_step(*install[name](), batch, i, "bf16")
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return times
 
 
 def _ab_setup(run: str, overrides: dict | None = None):
     """(config, training data, batches, make) for a training-step A/B on the run: ``make()``
-    -> a fresh (LossModule, trainer's optimizer at lr 1e-4) from seed 1."""
-    import torch
-
-    from gapless import config as config_mod
-    from gapless.data import token_batches
-    from gapless.evaluate import build_model
-    from gapless.prepare import prepare
-    from gapless.strategies import build_strategy
-    from gapless.train import LossModule, build_optimizer
-
-    cfg = config_mod.load(f"{run}/config.yaml", overrides)
-    data = prepare(cfg, run).train
-    batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)
-
-    def make():
-        torch.manual_seed(1)
-        model = build_model(cfg).train()
-        return (LossModule(model, build_strategy(cfg.strategy), 0.1),
-                build_optimizer(model, dataclasses.replace(cfg.train, lr=1e-4)))
-
-    return cfg, data, batches, make
+    -> a fresh ``Trainee`` (trainer's optimizer at lr 1e-4) from seed 1."""
+    cfg = run_config(run, overrides)
+    data, batches = training_batches(run, cfg)
+    return cfg, data, batches, lambda: trainee(cfg)
 
 
 def _ab_summary(times: dict[str, list[float]], a: str, b: str, pairs: int) -> dict:
@@ -102,10 +81,6 @@ def _ab_summary(times: dict[str, list[float]], a: str, b: str, pairs: int) -> di
             "pairs": pairs, "per_pair_ratio": [round(r, 3) for r in ratios]}
 
 
-def _median_ms(calls: dict[str, list[float]], skip: int) -> dict:
-    return {k: round(statistics.median(v[skip:]) * 1e3, 2) for k, v in calls.items()}
-
-
 def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
     import torch.nn.functional as F
 
@@ -114,8 +89,8 @@ def dropout_ab(run: str, pairs: int, warmup: int) -> dict:
     variants = {"gapless": gd.dropout, "torch": lambda x, p, training=True: F.dropout(x, p, training)}
     _, data, batches, make = _ab_setup(run, {"model.dropout": 0.1, "model.norm_position": "post",
                                              "train.max_tokens": 4096})
-    module, opt = make()
-    install = {name: (lambda f=f: setattr(gd, "dropout", f) or (module, opt))
+    t = make()
+    install = {name: (lambda f=f: setattr(gd, "dropout", f) or (t.criterion, t.optimizer))
                for name, f in variants.items()}
     try:
         times = _alternating_steps(install, data, batches, pairs, warmup)
@@ -133,15 +108,16 @@ def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
 
     calls: dict[str, list[float]] = {"blocks": [], "one_block": []}
     variants = {
-        "blocks": _timed(lambda x, table, cfg: gs.categorical_sample(x, cfg.temperature),
-                         calls["blocks"]),
-        "one_block": _timed(lambda x, table, cfg: _one_block_sample(x / cfg.temperature),
-                            calls["one_block"])}
+        "blocks": timed(lambda x, table, cfg: gs.categorical_sample(x, cfg.temperature),
+                        calls["blocks"]),
+        "one_block": timed(lambda x, table, cfg: _one_block_sample(x / cfg.temperature),
+                           calls["one_block"])}
     _, data, batches, make = _ab_setup(run, {
         "strategy.name": "scheduled_sampling", "strategy.predicted": "sample",
-        "strategy.schedule": "constant", "strategy.k": 0.5})
-    module, opt = make()
-    install = {name: (lambda f=f: gs.PREDICTED.__setitem__("sample", f) or (module, opt))
+        "strategy.schedule": "constant", "strategy.constant_p": 0.5})
+    t = make()
+    install = {name: (lambda f=f: gs.PREDICTED.__setitem__("sample", f)
+                      or (t.criterion, t.optimizer))
                for name, f in variants.items()}
     original = gs.PREDICTED["sample"]
     try:
@@ -149,52 +125,35 @@ def sampling_ab(run: str, pairs: int, warmup: int) -> dict:
     finally:
         gs.PREDICTED["sample"] = original
     return {**_ab_summary(times, "blocks", "one_block", pairs),
-            "sample_call_ms_median": _median_ms(calls, warmup)}
+            "sample_call_ms_median": median_ms(calls, warmup)}
 
 
 def adam_ab(run: str, pairs: int, warmup: int) -> dict:
     """Teacher-forced training steps (the run's config, bf16 autocast) of two copies of one
-    model, one with the trainer's fused Adam (``gapless.train.build_optimizer``), one with
-    PyTorch's default (a loop over the tensors on CPU), alternating on the same batches; and
-    the optimizer step alone, timed inside those steps."""
+    model, one with the trainer's fused Adam (``gapless.training.optim.build_optimizer``), one
+    with PyTorch's default (a loop over the tensors on CPU), alternating on the same batches;
+    and the optimizer step alone, timed inside those steps."""
     import torch
 
     cfg, data, batches, make = _ab_setup(run)
     t = cfg.train
     calls: dict[str, list[float]] = {"fused": [], "loop": []}
-    pairs_of = {"fused": make(), "loop": make()}
-    module, _ = pairs_of["loop"]
-    pairs_of["loop"] = (module, torch.optim.Adam(module.model.parameters(), lr=1e-4,
-                                                 betas=tuple(t.betas), eps=t.adam_eps))
-    for name, (_, opt) in pairs_of.items():
-        opt.step = _timed(opt.step, calls[name])
-    install = {name: (lambda pair=pair: pair) for name, pair in pairs_of.items()}
+    fused, loop = make(), make()
+    steps = {"fused": (fused.criterion, fused.optimizer),
+             "loop": (loop.criterion, torch.optim.Adam(loop.model.parameters(), lr=1e-4,
+                                                       betas=tuple(t.betas), eps=t.adam_eps))}
+    for name, (_, opt) in steps.items():
+        opt.step = timed(opt.step, calls[name])
+    install = {name: (lambda pair=pair: pair) for name, pair in steps.items()}
     times = _alternating_steps(install, data, batches, pairs, warmup)
-    return {"fused": pairs_of["fused"][1].defaults["fused"],
+    return {"fused": steps["fused"][1].defaults["fused"],
             **_ab_summary(times, "fused", "loop", pairs),
-            "optimizer_step_ms_median": _median_ms(calls, warmup)}
-
-
-def _timed(f, into: list):
-    """``f`` that appends each call's seconds to ``into``."""
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        out = f(*args, **kwargs)
-        into.append(time.perf_counter() - start)
-        return out
-    return timed
+            "optimizer_step_ms_median": median_ms(calls, warmup)}
 
 
 def _test2016_ids(run: str, translator) -> list[list[int]]:
     """The run's test2016 sources as SentencePiece ids (the decoding A/Bs' input)."""
-    from gapless import config as config_mod
-    from gapless.corpora import split_paths
-    from gapless.data import read_parallel
-
-    d = config_mod.load(Path(run) / "config.yaml").data
-    src, _ = read_parallel(*split_paths(d.corpus, "test2016", d.src_lang, d.tgt_lang,
-                                        d.data_dir, d.download))
-    return translator.vocab.encode(src)
+    return translator.vocab.encode(split_lines(run, "test2016")[0])
 
 
 def _timed_pass(translator, ids) -> tuple[float, list[list[int]]]:
@@ -207,7 +166,7 @@ def _timed_pass(translator, ids) -> tuple[float, list[list[int]]]:
 def decode_child(run: str, passes: int) -> list[float]:
     import torch
 
-    from gapless.evaluate import load
+    from gapless.inference import load
 
     torch.set_num_threads(2)
     translator = load(run, "best", "cpu", "bf16")
@@ -219,7 +178,7 @@ def decode_child(run: str, passes: int) -> list[float]:
 def packing_ab(run: str, pairs: int) -> dict:
     import torch
 
-    from gapless.evaluate import load
+    from gapless.inference import load
 
     models = {"packed": load(run, "best", "cpu", "bf16", pack=True),
               "plain": load(run, "best", "cpu", "bf16", pack=False)}
@@ -227,7 +186,7 @@ def packing_ab(run: str, pairs: int) -> dict:
     hyps = {k: m.translate_ids(ids[:64], beam=5) for k, m in models.items()}  # warm-up
     speed: dict[str, list[float]] = {k: [] for k in models}
     for i in range(pairs):
-        for k in (("packed", "plain") if i % 2 == 0 else ("plain", "packed")):
+        for k in rotated(["packed", "plain"], i):
             sent_s, hyps[k] = _timed_pass(models[k], ids)
             speed[k].append(sent_s)
     ratios = [a / b for a, b in zip(speed["packed"], speed["plain"])]
@@ -241,12 +200,11 @@ def packing_ab(run: str, pairs: int) -> dict:
 def malloc_ab(run: str, pairs: int, passes: int) -> dict:
     runs: dict[str, list[float]] = {"1": [], "0": []}
     for i in range(pairs):
-        for flag in (("1", "0") if i % 2 == 0 else ("0", "1")):
-            out = subprocess.run(
-                [sys.executable, __file__, "--run", run, "--decode-child", str(passes)],
-                env={**os.environ, "GAPLESS_MALLOC": flag}, check=True, capture_output=True,
-                text=True).stdout
-            runs[flag].append(statistics.median(json.loads(out.strip().splitlines()[-1])))
+        for flag in rotated(["1", "0"], i):
+            passes_s = child_json("benchmarks.cpu_tweaks",
+                                  ["--run", run, "--decode-child", str(passes)],
+                                  env={**os.environ, "GAPLESS_MALLOC": flag})
+            runs[flag].append(statistics.median(passes_s))
     ratios = [a / b for a, b in zip(runs["1"], runs["0"])]
     return {"sent_s_per_process": {"tuned": [round(x, 1) for x in runs["1"]],
                                    "untuned": [round(x, 1) for x in runs["0"]]},
@@ -257,7 +215,7 @@ def malloc_ab(run: str, pairs: int, passes: int) -> dict:
 
 
 def _one_block_sample(logits):
-    """Session 4's ``categorical_sample`` at tau = 1: one [N,V] float32 CDF for all rows."""
+    """The one-block ``categorical_sample`` at tau = 1: one [N,V] float32 CDF for all rows."""
     import torch
 
     cdf = torch.softmax(logits, -1, dtype=torch.float32).cumsum_(-1)
@@ -287,7 +245,7 @@ def kernels_ab(reps: int) -> dict:
         "categorical sample [700,8000] fp32": ((700, 8000), torch.float32, categorical_sample,
                                                lambda x: (x + gumbel_noise(x)).argmax(-1)),
         # ... and, on a training step's bf16 first-pass logits, 128 rows at a time vs all rows
-        # at once (session 4's version)
+        # at once (the previous version)
         "categorical sample [900,8000] bf16, blocks vs one": (
             (900, 8000), torch.bfloat16, categorical_sample, _one_block_sample),
     }
@@ -315,7 +273,7 @@ def kernels_ab(reps: int) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a prepared, trained run (runs/NAME)")
     p.add_argument("--dropout-pairs", type=int, default=20)
@@ -327,9 +285,10 @@ def main() -> None:
     p.add_argument("--adam-pairs", type=int, default=16)
     p.add_argument("--only", default="kernels,packing,dropout,sampling,adam,malloc")
     p.add_argument("--decode-child", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    run = str(Path(args.run).resolve())  # children run from the repository root
     if args.decode_child:
-        print(json.dumps(decode_child(args.run, args.decode_child)))
+        reply(decode_child(run, args.decode_child))
         return
     import torch
 
@@ -340,18 +299,16 @@ def main() -> None:
     if "kernels" in parts:
         result["kernels"] = kernels_ab(args.kernel_reps)
     if "packing" in parts:
-        result["packing"] = packing_ab(args.run, args.packing_pairs)
+        result["packing"] = packing_ab(run, args.packing_pairs)
     if "dropout" in parts:
-        result["dropout"] = dropout_ab(args.run, args.dropout_pairs, 3)
+        result["dropout"] = dropout_ab(run, args.dropout_pairs, 3)
     if "sampling" in parts:
-        result["sampling"] = sampling_ab(args.run, args.sampling_pairs, 3)
+        result["sampling"] = sampling_ab(run, args.sampling_pairs, 3)
     if "adam" in parts:
-        result["adam"] = adam_ab(args.run, args.adam_pairs, 3)
+        result["adam"] = adam_ab(run, args.adam_pairs, 3)
     if "malloc" in parts:
-        result["malloc"] = malloc_ab(args.run, args.malloc_pairs, args.passes)
-    info["load_avg_1m_end"] = os.getloadavg()[0]
-    print(json.dumps({"benchmark": "cpu_tweaks", "run": args.run, "machine": info,
-                      **result}, indent=1))
+        result["malloc"] = malloc_ab(run, args.malloc_pairs, args.passes)
+    emit({"benchmark": "cpu_tweaks", "run": relpath(run), "machine": finish(info), **result})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Decoding speed of a trained run, with and without the KV cache; prints one JSON document.
 
 The peers' protocol (../shared/bench/peers/README.md): test2016 (1,000 sentences), 64 sentences
@@ -12,37 +11,29 @@ per batch, 2 threads, beam 5 (and greedy here), in two length modes:
 * ``cap50`` (optional): at most 50 pieces.
 
 Every combination of beam x mode x cache (on / off) x dtype (fp32 / bf16) decodes through
-``Translator.translate_ids`` of ``gapless.load(run, dtype=...)`` (gapless's real decoding path,
-as ``gapless translate/evaluate --dtype`` run it: bf16 = weights cast to bf16). "cache off" swaps in
-``UncachedStepper`` below, which implements the same Stepper protocol as
-``gapless.decode.ModelStepper`` but re-runs the decoder over the whole prefix at every step (as
-JoeyNMT 2.3 does). Reported: sentences/s (text in -> text out: SentencePiece encode, search,
-decode; the model is loaded beforehand), pieces/s, mean hypothesis pieces, BLEU / chrF
-(sacreBLEU, gapless.metrics), and whether the uncached hypotheses equal the cached ones.
+``Translator.translate_ids`` of ``gapless.inference.load(run, dtype=...)`` (gapless's real
+decoding path, as ``gapless translate/evaluate --dtype`` run it: bf16 = weights cast to bf16).
+"cache off" is a ``Translator`` of the same model with ``stepper=UncachedStepper`` (below): the
+Stepper protocol of ``gapless.decode.ModelStepper``, re-running the decoder over the whole
+prefix at every step (as JoeyNMT 2.3 does). Reported: sentences/s (text in -> text out:
+SentencePiece encode, search, decode; the model is loaded beforehand), pieces/s, mean hypothesis
+pieces, BLEU / chrF (sacreBLEU, gapless.metrics), and whether the uncached hypotheses equal the
+cached ones.
 
-    python benchmarks/decode_speed.py --run runs/NAME                  # full matrix (long)
-    python benchmarks/decode_speed.py --run runs/NAME --beams 5 --cache on --dtypes fp32
+    python -m benchmarks.decode_speed --run runs/NAME                  # full matrix (long)
+    python -m benchmarks.decode_speed --run runs/NAME --beams 5 --cache on --dtypes fp32
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import peers
-from train_speed import machine
+from benchmarks import peers
+from benchmarks.common import emit, finish, machine, peak_rss_mb, relpath, say, split_lines
 
 MODES = {
     "fixed30": {"min_len": 30, "max_len_a": 0.0, "max_len_b": 30},
@@ -55,7 +46,7 @@ class UncachedStepper:
     """``gapless.decode.ModelStepper`` without a KV cache: each step feeds the whole prefix
     [N,t] through the decoder again and keeps the last position's log-probs [N,V]."""
 
-    created = 0  # instances made: proves the swap reached the decoding path
+    created = 0  # instances made: proves the Translator decoded with it
 
     def __init__(self, model, src: torch.Tensor, repeat: int = 1):
         memory, src_mask = model.encode(src)  # [B,S,D], [B,S]
@@ -77,20 +68,6 @@ class UncachedStepper:
         if rows_changed_sentence:
             self.memory = self.memory.index_select(0, index)
             self.src_mask = self.src_mask.index_select(0, index)
-
-
-@contextlib.contextmanager
-def stepper_class(cls):
-    """Make ``Translator`` build ``cls`` instead of ModelStepper (it looks the name up in
-    gapless.evaluate at every batch)."""
-    import gapless.evaluate as evaluate_mod
-
-    saved = evaluate_mod.ModelStepper
-    evaluate_mod.ModelStepper = cls
-    try:
-        yield
-    finally:
-        evaluate_mod.ModelStepper = saved
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -120,109 +97,122 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def translators(args, dtype: str) -> dict:
+    """{"on": the run loaded as ``gapless translate/evaluate --dtype`` loads it (bf16: weights
+    cast), "off": a Translator of the same model that decodes with ``UncachedStepper``}."""
+    from gapless.inference import Translator, load
+
+    loaded = load(args.run, args.checkpoint, args.device, dtype)
+    uncached = Translator(
+        loaded.model,
+        loaded.vocab,
+        loaded.decode_cfg,
+        loaded.device,
+        loaded.dtype,
+        stepper=UncachedStepper,
+    )
+    return {"on": loaded, "off": uncached}
+
+
+def measure(translator, src: list[str], cache: str, kwargs: dict, args):
+    """(seconds per timed repetition, hypothesis ids, detokenised hypotheses) of decoding
+    ``src`` text in -> text out, after ``--warmup-batches`` untimed batches."""
+    vocab = translator.vocab
+    warm = vocab.encode(src[: args.batch_size * args.warmup_batches])
+    before = UncachedStepper.created
+    if warm:
+        translator.translate_ids(warm, **kwargs)
+    seconds = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        ids = translator.translate_ids(vocab.encode(src), **kwargs)
+        hyps = vocab.decode(ids)
+        seconds.append(time.perf_counter() - start)
+    used = UncachedStepper.created > before
+    if used != (cache == "off"):
+        raise RuntimeError(f"cache {cache}: UncachedStepper was {'' if used else 'not '}used")
+    return seconds, ids, hyps
+
+
+def row(seconds: list[float], ids, hyps, ref: list[str], **key) -> dict:
+    from gapless.metrics import corpus_scores
+
+    n, secs = len(hyps), statistics.median(seconds)
+    pieces = sum(len(h) for h in ids)
+    score = corpus_scores(hyps, ref)
+    return {
+        **key, "sentences": n, "seconds": round(secs, 3), "sent_s": round(n / secs, 2),
+        "sent_s_runs": [round(n / s, 2) for s in seconds],
+        "hyp_pieces_s": round(pieces / secs, 1), "mean_hyp_pieces": round(pieces / n, 2),
+        "bleu": score.bleu, "chrf": score.chrf, "peak_rss_mb_so_far": peak_rss_mb(),
+    }  # fmt: skip
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-
-    from gapless import config as config_mod
-    from gapless.checkpoint import RunDir
-    from gapless.corpora import split_paths
-    from gapless.data import Vocab, read_parallel
-    from gapless.evaluate import load, resolve_device
-    from gapless.metrics import corpus_scores
-    from gapless.model import count_parameters
-
     info = machine(args.threads)
-    run = RunDir(args.run)
-    cfg = config_mod.load(run.config)
-    vocab, device = Vocab(run.spm_model), resolve_device(args.device)
-    d = cfg.data
-    src_path, ref_path = split_paths(
-        d.corpus, args.split, d.src_lang, d.tgt_lang, d.data_dir, d.download
-    )
-    src, ref = read_parallel(src_path, ref_path)
+    src, ref, src_path = split_lines(args.run, args.split)
     if args.max_sentences:
         src, ref = src[: args.max_sentences], ref[: args.max_sentences]
-    warm_src = vocab.encode(src[: args.batch_size * args.warmup_batches])
 
     results, cached_hyps = [], {}
     for dtype in args.dtypes.split(","):
-        # what `gapless translate/evaluate --dtype` run: ``load`` casts the weights for bf16
-        # (native bf16 inference, no autocast re-casting activations at every linear)
-        translator = load(args.run, args.checkpoint, args.device, dtype)
+        by_cache = translators(args, dtype)
         for beam in (int(b) for b in args.beams.split(",")):
             for mode in args.modes.split(","):
                 for cache in args.cache.split(","):
+                    say("decode_speed", f"{dtype} beam {beam} {mode} cache {cache} ...")
                     kwargs = {"beam": beam, "batch_size": args.batch_size, **MODES[mode]}
-                    cls = UncachedStepper if cache == "off" else None
-                    before = UncachedStepper.created
-                    print(
-                        f"[decode_speed] {dtype} beam {beam} {mode} cache {cache} ...",
-                        file=sys.stderr,
+                    seconds, ids, hyps = measure(by_cache[cache], src, cache, kwargs, args)
+                    r = row(
+                        seconds,
+                        ids,
+                        hyps,
+                        ref,
+                        dtype=dtype,
+                        beam=beam,
+                        mode=mode,
+                        kv_cache=cache == "on",
                     )
-                    with stepper_class(cls) if cls else contextlib.nullcontext():
-                        if warm_src:
-                            translator.translate_ids(warm_src, **kwargs)
-                        seconds = []
-                        for _ in range(args.repeat):
-                            start = time.perf_counter()
-                            ids = translator.translate_ids(vocab.encode(src), **kwargs)
-                            hyps = vocab.decode(ids)
-                            seconds.append(time.perf_counter() - start)
-                    if cls and UncachedStepper.created == before:
-                        raise RuntimeError(
-                            "Translator no longer builds gapless.evaluate."
-                            "ModelStepper: the uncached swap did not apply"
-                        )
                     key = (dtype, beam, mode)
                     if cache == "on":
                         cached_hyps[key] = hyps
-                    secs = statistics.median(seconds)
-                    pieces = sum(len(h) for h in ids)
-                    score = corpus_scores(hyps, ref)
-                    row = {
-                        "dtype": dtype, "beam": beam, "mode": mode, "kv_cache": cache == "on",
-                        "sentences": len(src), "seconds": round(secs, 3),
-                        "sent_s": round(len(src) / secs, 2),
-                        "sent_s_runs": [round(len(src) / s, 2) for s in seconds],
-                        "hyp_pieces_s": round(pieces / secs, 1),
-                        "mean_hyp_pieces": round(pieces / len(src), 2),
-                        "bleu": score.bleu, "chrf": score.chrf,
-                        "peak_rss_mb_so_far": round(
-                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                    }  # fmt: skip
-                    if cache == "off" and key in cached_hyps:
+                    elif key in cached_hyps:
                         same = sum(a == b for a, b in zip(hyps, cached_hyps[key]))
-                        row["identical_to_cached"] = f"{same}/{len(src)}"
-                    results.append(row)
-                    print(
-                        f"[decode_speed]   {row['sent_s']} sent/s, "
-                        f"{row['mean_hyp_pieces']} pieces, BLEU {row['bleu']}",
-                        file=sys.stderr,
+                        r["identical_to_cached"] = f"{same}/{len(src)}"
+                    results.append(r)
+                    say(
+                        "decode_speed",
+                        f"  {r['sent_s']} sent/s, {r['mean_hyp_pieces']} pieces, BLEU {r['bleu']}",
                     )
+    emit(document(args, by_cache["on"], src_path, len(src), finish(info), results))
+    return 0
 
-    info["load_avg_1m_end"] = os.getloadavg()[0]
-    doc = {
+
+def document(args, translator, src_path, sentences: int, info: dict, results: list) -> dict:
+    from gapless.model import count_parameters
+
+    decode = translator.decode_cfg
+    return {
         "benchmark": "decode_speed",
-        "run": str(args.run),
+        "run": relpath(args.run),
         "checkpoint": args.checkpoint,
         "protocol": {
-            "split": args.split, "source": str(src_path), "sentences": len(src),
-            "batch_size": args.batch_size, "len_penalty": cfg.decode.len_penalty,
-            "default_len": {"max_len_a": cfg.decode.max_len_a, "max_len_b": cfg.decode.max_len_b,
-                            "min_len": cfg.decode.min_len},
+            "split": args.split, "source": relpath(src_path), "sentences": sentences,
+            "batch_size": args.batch_size, "len_penalty": decode.len_penalty,
+            "default_len": {"max_len_a": decode.max_len_a, "max_len_b": decode.max_len_b,
+                            "min_len": decode.min_len},
             "modes": {m: MODES[m] for m in args.modes.split(",")},
             "warmup_batches": args.warmup_batches, "repeat": args.repeat,
-            "device": str(device), "parameters": count_parameters(translator.model),
+            "device": str(translator.device),
+            "parameters": count_parameters(translator.model),
             "sent_s": "sentences / seconds of encode + search + decode (model loaded before)",
         },
-        "machine": {**info, "peak_rss_mb": round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+        "machine": {**info, "peak_rss_mb": peak_rss_mb()},
         "gapless": results,
         "peers": peers.DECODE,
     }  # fmt: skip
-    print(json.dumps(doc, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

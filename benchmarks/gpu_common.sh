@@ -13,14 +13,14 @@ EVAL="--checkpoint last --split valid --split test2016 --split test2017 --split 
 run() {
   local name=$1 dir=$2; shift 2
   local src=${dir%-*} tgt=${dir#*-}
-  python3 -m gapless train configs/multi30k_de_en.yaml --run-dir $R/$name $M $T \
+  python3 -m gapless train multi30k_de_en --run-dir $R/$name $M $T \
     --data.src_lang $src --data.tgt_lang $tgt "$@" > $R/$name.out 2>&1
   python3 -m gapless evaluate $R/$name $EVAL >> $R/$name.out 2>&1
 }
 
 base() {
   local name=$1 minutes=$2
-  python3 -m gapless train configs/multi30k_de_en.yaml --run-dir $R/$name --train.progress false \
+  python3 -m gapless train multi30k_de_en --run-dir $R/$name --train.progress false \
     --train.max_minutes $minutes --train.max_updates 100000 --train.valid_every 100000 \
     --train.save_every 100000 --train.lr 7e-4 --train.warmup 1000 --model.dropout 0.3 \
     > $R/$name.out 2>&1

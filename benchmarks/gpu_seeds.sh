@@ -3,7 +3,7 @@
 # both directions, and Transformer-base for 5 minutes.
 # Usage (device machine, repo root): GAPLESS_DATA=DIR OUT=DIR bash benchmarks/gpu_seeds.sh
 source "$(dirname "$0")/gpu_common.sh"
-# configs/multi30k_{de_en,en_de}.yaml and the _60min variants
+# the presets multi30k_{de_en,en_de} and their _60min variants (gapless/presets/)
 P20="--train.max_updates 2600 --train.max_tokens 2048 --train.lr 1.5e-3 --train.warmup 800 --model.norm_position pre --model.dropout 0.2"
 P60="--train.max_updates 3900 --train.lr 2e-3 --train.warmup 500 --model.norm_position pre --model.dropout 0.3"
 for seed in 2 3; do

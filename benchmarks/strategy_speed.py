@@ -1,7 +1,7 @@
 """Training-step time and peak memory per strategy, as ratios to a teacher-forcing step.
 
-The real step (gapless.train.LossModule + the trainer's Adam + autocast) on the same Multi30k batches for
-every strategy. Time: all strategies in *one* process, interleaved step by step (round r runs
+The real step (``gapless.training.criterion.Criterion`` + the trainer's Adam + autocast) on
+the same Multi30k batches for every strategy. Time: all strategies in *one* process, interleaved step by step (round r runs
 every strategy once on batch r, in a rotating order), so machine drift hits all alike; the
 ratio of a round is its step time over the teacher-forcing step of the same round, and the
 figures are the median over rounds and the ratio of mean step times (amortised: the cached
@@ -13,31 +13,36 @@ The batches cycle through ``--cycle`` distinct batches (an "epoch" of that many 
 cached sentence oracle (``oracle_refresh``) meets its sentences again: refreshed every
 ``4 x cycle`` updates, a quarter of the measured steps search.
 
-    .venv/bin/python benchmarks/strategy_speed.py --run runs/NAME   # a prepared run directory
+    python -m benchmarks.strategy_speed --run runs/NAME   # a prepared run directory
 
 ``--set section.key=VALUE`` (repeatable) changes the run's config for every strategy, e.g. the
 model size: ``--set model.d_model=512 --set model.n_heads=8 --set model.ffn_dim=2048
 --set model.enc_layers=6 --set model.dec_layers=6`` is Transformer-base (Vaswani et al. 2017,
-table 3), the size OR-NMT's 1.18x was measured at. The weights are fresh (seed 1): step time
+table 3), the size of OR-NMT's step-cost figure. The weights are fresh (seed 1): step time
 does not depend on what the model has learnt, except the search's n-best bookkeeping.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from train_speed import machine
+from benchmarks.common import (
+    child_json,
+    emit,
+    finish,
+    machine,
+    peak_rss_mb,
+    relpath,
+    reply,
+    rotated,
+    run_config,
+    say,
+    train_step,
+    trainee,
+    training_batches,
+)
 
 STRATEGIES = {
     "teacher_forcing": {},
@@ -53,48 +58,24 @@ STRATEGIES = {
                                      "strategy.oracle_beam": 4, "strategy.oracle_refresh": -1},
 }
 # every strategy mixes (p < 1), so the first pass / oracle search always runs
-MIXING = {"strategy.schedule": "constant", "strategy.k": 0.5}
+MIXING = {"strategy.schedule": "constant", "strategy.constant_p": 0.5}
 
 
 def _setup(run: str, names: list[str], cycle: int, changes: list[str] = ()):
-    """(prepared data, batches, {name: (loss module, optimizer)}), every model from seed 1."""
-    import torch
-
-    from gapless import config as config_mod
-    from gapless.data import token_batches
-    from gapless.evaluate import build_model
-    from gapless.prepare import prepare
-    from gapless.strategies import build_strategy
-    from gapless.train import LossModule, build_optimizer
-
+    """(prepared data, batches, {name: Trainee}), every model from seed 1."""
     steps = {}
     for name in names:
         # "--section.key=VALUE" strings, as the CLI takes them: the --set changes, then the
         # strategy's own settings
-        cfg = config_mod.load(f"{run}/config.yaml", [f"--{c}" for c in changes] + [
+        cfg = run_config(run, [f"--{c}" for c in changes] + [
             f"--{key}={value}" for key, value in overrides(name, cycle).items()])
-        torch.manual_seed(1)
-        model = build_model(cfg).train()
-        module = LossModule(model, build_strategy(cfg.strategy), cfg.train.label_smoothing)
-        steps[name] = (module, build_optimizer(model, dataclasses.replace(cfg.train, lr=1e-4)))
-    data = prepare(cfg, run).train
-    batches = token_batches(data.src_lens, data.tgt_lens, cfg.train.max_tokens, 1, 1)[:cycle]
+        steps[name] = trainee(cfg)
+    data, batches = training_batches(run, cfg, cycle)
     return data, batches, steps
 
 
-def _step(module, opt, batch, update: int, dtype: str) -> float:
-    import torch
-
-    from gapless.evaluate import autocast
-    from gapless.schedules import Progress
-
-    start = time.perf_counter()
-    with autocast(torch.device("cpu"), dtype):
-        loss, _ = module(batch, Progress(update, 10))
-    (loss / batch.n_tokens).backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+def _step(t, batch, update: int, dtype: str) -> float:
+    return train_step(t.criterion, t.optimizer, batch, update, dtype)
 
 
 def overrides(name: str, cycle: int) -> dict:
@@ -115,9 +96,8 @@ def interleaved(run: str, steps: int, warmup: int, dtype: str, cycle: int,
     times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(warmup + steps):
         batch = collate(data, batches[i % cycle])
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:  # rotate who runs first
-            t = _step(*modules[name], batch, i, dtype)
+        for name in rotated(names, i):  # who runs first changes every round
+            t = _step(modules[name], batch, i, dtype)
             if i >= warmup:
                 times[name].append(t)
     tf = times["teacher_forcing"]
@@ -132,7 +112,7 @@ def interleaved(run: str, steps: int, warmup: int, dtype: str, cycle: int,
             # the middle half of the rounds' ratios: how far one run's median can move
             "step_ratio_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]],
             "mean_step_ratio_to_tf": round(statistics.fmean(times[name]) / statistics.fmean(tf), 3),
-            "stats": modules[name][0].strategy.stats(),
+            "stats": modules[name].strategy.stats(),
         }
     flops = counted_flops(modules, data, batches[:cycle], dtype)
     for name in names:
@@ -151,13 +131,13 @@ def counted_flops(modules: dict, data, batches: list, dtype: str) -> dict[str, f
     from gapless.data import collate
 
     out = {}
-    for name, (module, opt) in modules.items():
-        if module.strategy.cfg.name == "sentence_oracle":
+    for name, t in modules.items():
+        if t.strategy.cfg.name == "sentence_oracle":
             continue
         counter = FlopCounterMode(display=False)
         with counter:
             for i, ids in enumerate(batches):
-                _step(module, opt, collate(data, ids), i, dtype)
+                _step(t, collate(data, ids), i, dtype)
         out[name] = round(counter.get_total_flops() / len(batches) / 1e9, 2)
     return out
 
@@ -169,24 +149,11 @@ def memory(run: str, name: str, steps: int, dtype: str, cycle: int,
 
     data, batches, modules = _setup(run, [name], cycle, changes)
     for i in range(steps):
-        _step(*modules[name], collate(data, batches[i % cycle]), i, dtype)
+        _step(modules[name], collate(data, batches[i % cycle]), i, dtype)
     return peak_rss_mb()
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM (per address space, so a child does not inherit its
-    parent's peak, as ru_maxrss does across fork + exec), else ru_maxrss."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--run", required=True, help="a prepared run directory (config.yaml, data/)")
     p.add_argument("--steps", type=int, default=16)
@@ -197,38 +164,33 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="change the run's config for every strategy (repeatable)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     changes = args.set
     if args.worker:  # one strategy's peak memory, in a fresh process
-        print(json.dumps(memory(args.run, args.worker, args.memory_steps, args.dtype,
-                                args.cycle, changes)))
+        reply(memory(args.run, args.worker, args.memory_steps, args.dtype, args.cycle, changes))
         return
     info = machine(2)
     peaks = {}
     for name in STRATEGIES:
-        print(f"[strategy_speed] memory of {name} ...", file=sys.stderr)
-        out = subprocess.run(
-            [sys.executable, __file__, "--run", args.run, "--dtype", args.dtype,
-             "--cycle", str(args.cycle), "--memory-steps", str(args.memory_steps),
-             *[f"--set={item}" for item in args.set], "--worker", name],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        peaks[name] = json.loads(out.strip().splitlines()[-1])
-    print("[strategy_speed] timing, interleaved ...", file=sys.stderr)
+        say("strategy_speed", f"memory of {name} ...")
+        peaks[name] = child_json("benchmarks.strategy_speed", [
+            "--run", str(Path(args.run).resolve()), "--dtype", args.dtype,
+            "--cycle", str(args.cycle), "--memory-steps", str(args.memory_steps),
+            *[f"--set={item}" for item in args.set], "--worker", name])
+    say("strategy_speed", "timing, interleaved ...")
     results = interleaved(args.run, args.steps, args.warmup, args.dtype, args.cycle, changes)
     for name, peak in peaks.items():
         results[name]["peak_rss_mb"] = peak
     base = results["teacher_forcing"]["peak_rss_mb"]
     for r in results.values():
         r["rss_ratio_to_tf"] = round(r["peak_rss_mb"] / base, 3)
-    info["load_avg_1m_end"] = os.getloadavg()[0]
-    print(json.dumps({"benchmark": "strategy_speed", "run": args.run, "machine": info,
-                      "dtype": args.dtype, "config_changes": changes,
-                      "steps": args.steps, "warmup": args.warmup, "mixing": MIXING,
-                      "cycle": args.cycle, "timing": "interleaved, one process",
-                      "targets": {"two_pass_and_word_oracle": 1.25, "sentence_oracle_beam4": 2.5,
-                                  "sentence_oracle_beam4_cached (mean)": 1.5},
-                      "results": results}, indent=1))
+    emit({"benchmark": "strategy_speed", "run": relpath(args.run), "machine": finish(info),
+          "dtype": args.dtype, "config_changes": changes,
+          "steps": args.steps, "warmup": args.warmup, "mixing": MIXING,
+          "cycle": args.cycle, "timing": "interleaved, one process",
+          "targets": {"two_pass_and_word_oracle": 1.25, "sentence_oracle_beam4": 2.5,
+                      "sentence_oracle_beam4_cached (mean)": 1.5},
+          "results": results})
 
 
 if __name__ == "__main__":

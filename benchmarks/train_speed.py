@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Training throughput of ``gapless train`` under the peers' protocol; prints one JSON document.
 
 Protocol (../shared/bench/peers/README.md): Multi30k De->En prepared by gapless (joint
@@ -7,35 +6,38 @@ smoothing 0.1, Adam(0.9, 0.98), inverse-sqrt LR (warm-up 4000, peak 5e-4), no cl
 batches, 20 warm-up + 100 measured updates logged every 10, 2 threads. Without Multi30k the
 generated ``synthetic`` corpus is used (and the JSON says so).
 
-Each dtype (fp32, bf16) runs in its own fresh process that calls ``gapless.train.train`` itself
-(the same loop, LossModule, Adam and autocast as ``gapless train``; validation and checkpoints
-are pushed past the last update). Figures per dtype come from that run's ``log.jsonl``: target
-tokens/s per interval (median/min/max of the intervals after the warm-up updates), seconds per
-update, real target tokens per update, and the process's peak RSS.
+Each dtype (fp32, bf16) runs in its own fresh process that calls ``gapless.training.train``
+(validation and checkpoints pushed past the last update). Figures per dtype come from that
+run's ``log.jsonl``: target tokens/s per interval (median/min/max of the intervals after the
+warm-up updates), seconds per update, real target tokens per update, and the process's peak RSS.
 
-    python benchmarks/train_speed.py                     # the full protocol
-    python benchmarks/train_speed.py --corpus synthetic --updates 3 --warmup-updates 1 \
+    python -m benchmarks.train_speed                     # the full protocol
+    python -m benchmarks.train_speed --corpus synthetic --updates 3 --warmup-updates 1 \
         --log-every 1 --d-model 32 --heads 2 --ffn 64 --layers 1 --vocab-size 120   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks import peers
+from benchmarks.common import child_json, emit, finish, machine, peak_rss_mb, relpath, reply, say
 
-import peers
+PRESET = "multi30k_de_en"  # the peers' model size and data
+# the peers' training protocol on top of the preset (gapless's own recipe differs)
+PROTOCOL = {
+    "model.dropout": 0.1, "model.norm_position": "post",
+    "train.seed": 1, "train.accum": 1, "train.label_smoothing": 0.1, "train.clip_norm": 0.0,
+    "train.max_minutes": 0.0,
+    # no validation or checkpoint inside the measured updates; one of each at the end
+    "train.valid_every": 10**9, "train.save_every": 10**9, "train.valid_max_sentences": 1,
+    "train.keep_last": 1, "train.progress": False,
+}  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,51 +90,45 @@ def choose_corpus(args) -> tuple[str, str]:
     splits = ("train", "valid")
     if all(corpora.corpus_available("multi30k", s, args.src, args.tgt) for s in splits):
         path, _ = corpora.split_paths("multi30k", "train", args.src, args.tgt, download=False)
-        return "multi30k", f"found at {path.parent}"
+        return "multi30k", f"found at {relpath(path.parent)}"
     return "synthetic", "Multi30k not found locally: the generated corpus instead (not comparable)"
 
 
 def build_config(args, corpus: str, dtype: str):
-    from gapless import config as config_mod
+    """The preset with the protocol, the command line's sizes and ``--override`` on top."""
+    from gapless import presets
 
-    data = {
-        "name": f"bench_train_{dtype}",
-        "model": {"d_model": args.d_model, "n_heads": args.heads, "ffn_dim": args.ffn,
-                  "enc_layers": args.layers, "dec_layers": args.layers, "dropout": 0.1},
-        "data": {"corpus": corpus, "src_lang": args.src, "tgt_lang": args.tgt,
-                 "vocab_size": args.vocab_size},
-        "train": {
-            "seed": 1, "max_tokens": args.max_tokens, "accum": 1, "lr": args.lr,
-            "warmup": args.lr_warmup, "label_smoothing": 0.1, "clip_norm": 0.0,
-            "max_updates": args.warmup_updates + args.updates, "log_every": args.log_every,
-            # no validation or checkpoint inside the measured updates; one of each at the end
-            "valid_every": 10**9, "save_every": 10**9, "valid_max_sentences": 1,
-            "keep_last": 1, "progress": False, "dtype": dtype, "device": args.device,
-            "threads": args.threads,
-        },
+    layers = args.layers
+    overrides = {
+        **PROTOCOL, "name": f"bench_train_{dtype}",
+        "model.d_model": args.d_model, "model.n_heads": args.heads, "model.ffn_dim": args.ffn,
+        "model.enc_layers": layers, "model.dec_layers": layers,
+        "data.corpus": corpus, "data.src_lang": args.src, "data.tgt_lang": args.tgt,
+        "data.vocab_size": args.vocab_size,
+        "train.max_tokens": args.max_tokens, "train.lr": args.lr, "train.warmup": args.lr_warmup,
+        "train.max_updates": args.warmup_updates + args.updates, "train.log_every": args.log_every,
+        "train.dtype": dtype, "train.device": args.device, "train.threads": args.threads,
+        **dict(o.split("=", 1) for o in args.override),
     }  # fmt: skip
-    overrides = dict(o.split("=", 1) for o in args.override)
-    return config_mod.from_dict(data, overrides)
+    return presets.load(PRESET, overrides)
 
 
 def run_child(run_dir: str) -> dict:
     """One measured run in this (fresh) process: train, then report the log and peak RSS."""
-    from gapless import config as config_mod
     from gapless.checkpoint import RunDir
-    from gapless.train import train
+    from gapless.training import train
 
     run = RunDir(run_dir)
-    cfg = config_mod.load(run.config)
+    cfg = run.load_config()
     start = time.perf_counter()
     state = train(cfg, run_dir)
     wall = time.perf_counter() - start
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     records = [r for r in run.read_log() if r.get("kind") == "train"]
     return {
         "records": records,
         "updates": state.update,
         "wall_s": round(wall, 2),
-        "peak_rss_mb": round(rss_mb, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -159,60 +155,36 @@ def summarise(child: dict, args) -> dict:
     }
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        return out + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
+def new_run_dir(run_dir: Path, prep_dir: Path, cfg) -> None:
+    """A fresh run directory holding the prepared data and ``cfg``."""
+    from gapless import config as config_mod
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "data").mkdir(parents=True)
+    for name in ("spm.model", "spm.vocab"):
+        shutil.copy2(prep_dir / name, run_dir / name)
+    for f in (prep_dir / "data").iterdir():
+        shutil.copy2(f, run_dir / "data" / f.name)
+    config_mod.save(cfg, run_dir / "config.yaml")
 
 
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def machine(threads: int) -> dict:
-    import torch
-
-    return {
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "gapless_commit": _git_commit(),
-        "load_avg_1m_start": os.getloadavg()[0],
-    }
+def comparable(args, corpus: str) -> bool:
+    """Whether the run follows the peers' exact protocol (else their figures are context)."""
+    return (corpus == "multi30k" and (args.src, args.tgt) == ("de", "en")
+            and args.vocab_size == 8000 and (args.d_model, args.heads, args.ffn, args.layers)
+            == (256, 4, 1024, 3) and args.max_tokens == 4096 and args.updates == 100
+            and args.warmup_updates == 20 and args.log_every == 10 and args.threads == 2
+            and (args.lr, args.lr_warmup) == (5e-4, 4000) and not args.override
+            and args.device == "cpu")  # fmt: skip
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
-        print(json.dumps(run_child(args.child)))
+        reply(run_child(args.child))
         return 0
 
-    from gapless import config as config_mod
-    from gapless.evaluate import build_model
-    from gapless.model import count_parameters
+    from gapless.model import Transformer, count_parameters
     from gapless.prepare import prepare
 
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -220,46 +192,23 @@ def main(argv=None) -> int:
     work = Path(args.work_dir)
     prep_dir = work / f"data_{Path(corpus).name}_{args.src}{args.tgt}_{args.vocab_size}"
     info = machine(args.threads)
-    print(f"[train_speed] corpus {corpus} ({reason}); preparing {prep_dir}", file=sys.stderr)
+    say("train_speed", f"corpus {corpus} ({reason}); preparing {prep_dir}")
     cfg = build_config(args, corpus, dtypes[0] if dtypes else "fp32")
     prep = prepare(cfg, prep_dir)  # SentencePiece + encoded corpus, reused when unchanged
     cfg.model.vocab_size = len(prep.vocab)
-    n_params = count_parameters(build_model(cfg))
+    n_params = count_parameters(Transformer(cfg.model))
 
     results = {}
     for dtype in dtypes:
         run_dir = work / dtype
-        shutil.rmtree(run_dir, ignore_errors=True)
-        (run_dir / "data").mkdir(parents=True)
-        for name in ("spm.model", "spm.vocab"):
-            shutil.copy2(prep_dir / name, run_dir / name)
-        for f in (prep_dir / "data").iterdir():
-            shutil.copy2(f, run_dir / "data" / f.name)
-        config_mod.save(build_config(args, corpus, dtype), run_dir / "config.yaml")
+        new_run_dir(run_dir, prep_dir, build_config(args, corpus, dtype))
         env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        print(
-            f"[train_speed] {dtype}: {args.warmup_updates}+{args.updates} updates ...",
-            file=sys.stderr,
-        )
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", str(run_dir)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"[train_speed] the {dtype} run failed (exit {proc.returncode})")
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        say("train_speed", f"{dtype}: {args.warmup_updates}+{args.updates} updates ...")
+        child = child_json("benchmarks.train_speed", ["--child", str(run_dir.resolve())], env)
         results[dtype] = summarise(child, args)
-        print(
-            f"[train_speed] {dtype}: median {results[dtype]['tgt_tok_s_median']} tgt tok/s",
-            file=sys.stderr,
-        )
+        say("train_speed", f"{dtype}: median {results[dtype]['tgt_tok_s_median']} tgt tok/s")
 
-    info["load_avg_1m_end"] = os.getloadavg()[0]
     doc = {
         "benchmark": "train_speed",
         "protocol": {
@@ -275,18 +224,12 @@ def main(argv=None) -> int:
             "tokens_per_s": "target tokens (incl. EOS, no padding) / interval wall-clock, "
                             "from gapless's own log.jsonl",
         },
-        "machine": info,
+        "machine": finish(info),
         "gapless": results,
         "peers": peers.TRAIN,
-        # the peers' exact protocol (else the peers' figures are context only)
-        "comparable": corpus == "multi30k" and (args.src, args.tgt) == ("de", "en")
-        and args.vocab_size == 8000 and (args.d_model, args.heads, args.ffn, args.layers)
-        == (256, 4, 1024, 3) and args.max_tokens == 4096 and args.updates == 100
-        and args.warmup_updates == 20 and args.log_every == 10 and args.threads == 2
-        and (args.lr, args.lr_warmup) == (5e-4, 4000) and not args.override
-        and args.device == "cpu",
+        "comparable": comparable(args, corpus),
     }  # fmt: skip
-    print(json.dumps(doc, indent=1))
+    emit(doc)
     return 0
 
 

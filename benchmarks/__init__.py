@@ -1,0 +1,1 @@
+"""Speed benchmarks of gapless: run as ``python -m benchmarks.NAME`` from the repository root."""

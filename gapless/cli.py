@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
+from .checkpoint import RunDir
 from .config import ConfigError
 from .data import CorpusError
 
@@ -42,7 +43,7 @@ def cmd_prepare(args, overrides) -> int:
 
 
 def cmd_train(args, overrides) -> int:
-    from .train import train
+    from .training import train
 
     cfg, run_dir = _config(args, overrides)
     state = train(cfg, run_dir, init_from=args.init_from, init_optimizer=args.init_optimizer)
@@ -77,7 +78,7 @@ def cmd_translate(args, overrides) -> int:
 def cmd_evaluate(args, overrides) -> int:
     from .evaluate import evaluate
 
-    cfg = config_mod.load(Path(args.run) / "config.yaml")
+    cfg = RunDir(args.run).load_config()
     for split in args.split or cfg.data.test_splits:
         result = evaluate(args.run, split, args.checkpoint, args.device, args.dtype,
                           **_decode_kwargs(args))
@@ -89,30 +90,28 @@ def cmd_evaluate(args, overrides) -> int:
 
 
 def cmd_diagnose(args, overrides) -> int:
-    from .diagnose import diagnose
-    from .inference import load
-    from .plots import compare_report, diagnose_report
+    from .analysis import DiagnoseSettings, compare_report, diagnose_report
+    from .analysis.diagnose import diagnose
 
     if (args.compare is None) == (args.run is None) or (args.compare and not args.out):
         print("gapless: error: diagnose takes RUN, or --compare RUN ... --out DIR",
               file=sys.stderr)
         return 2
-    settings = {"split": args.split, "max_sentences": args.max_sentences, "beams": args.beams,
-                "sweep_sentences": args.sweep_sentences, "checkpoint": args.checkpoint,
-                "device": args.device, "dtype": args.dtype}
+    settings = DiagnoseSettings(split=args.split, max_sentences=args.max_sentences,
+                                beams=args.beams, sweep_sentences=args.sweep_sentences,
+                                checkpoint=args.checkpoint, device=args.device, dtype=args.dtype)
     if args.compare:
-        folders = [diagnose(run, load, reuse=True, **settings) for run in args.compare]
+        folders = [diagnose(run, settings, reuse=True) for run in args.compare]
         print(compare_report(folders, args.out))
     else:
-        print(diagnose_report(diagnose(args.run, load, **settings)))
+        print(diagnose_report(diagnose(args.run, settings)))
     return 0
 
 
 def cmd_explain(args, overrides) -> int:
-    from .explain import explain
-    from .train import train
+    from .analysis.explain import explain
 
-    explain(args.claims, run=args.run, out=args.out, quick=args.quick, echo=print, trainer=train)
+    explain(args.claims, run=args.run, out=args.out, quick=args.quick, echo=print)
     return 0
 
 
@@ -182,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.set_defaults(fn=cmd_diagnose)
     p = sub.add_parser("explain", help="the notes' Transformer claims as experiments")
-    p.add_argument("claims", nargs="*", help="claim names (default: all; see gapless.explain)")
+    p.add_argument("claims", nargs="*",
+                   help="claim names (default: all; see gapless.analysis.explain)")
     p.add_argument("--run", help="a trained run for the claims about trained models")
     p.add_argument("--out", help="output folder (default: RUN/explain, else docs/explain)")
     p.add_argument("--quick", action="store_true", help="fewer samples and updates")

@@ -16,8 +16,15 @@ import torch
 from .checkpoint import RunDir
 from .config import DecodeConfig
 from .data import EOS, Vocab, pad_sequences, sentence_batches
-from .decode import Hypothesis, Limits, ModelStepper, Stepper, beam_search, greedy_search
-from .decode import make_sampler
+from .decode import (
+    Hypothesis,
+    Limits,
+    ModelStepper,
+    Stepper,
+    beam_search,
+    greedy_search,
+    make_sampler,
+)
 from .model import Transformer
 from .packing import pack_linears
 from .runtime import autocast, configure_inference, resolve_device

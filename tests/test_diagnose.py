@@ -1,4 +1,4 @@
-"""gapless.diagnose: exposure-bias measurements on scripted models whose answers are known
+"""gapless.analysis diagnose: exposure-bias measurements on scripted models whose answers are known
 exactly, the forced-prefix decoding of a real (tiny) Transformer, and the CLI end to end."""
 
 from __future__ import annotations
@@ -7,31 +7,29 @@ import json
 import math
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from gapless import config as config_mod
-from gapless.checkpoint import RunDir
-from gapless.cli import main
-from gapless.data import BOS, EOS, PAD
-from gapless.diagnose import (
+from gapless.analysis.exposure import (
     DEFINITIONS,
-    ModelProbe,
+    MeasureSettings,
     bucket_names,
     bucket_of,
     measure,
     same_length_distractors,
 )
+from gapless.analysis.probe import ModelProbe
+from gapless.analysis.report import FIGURES
+from gapless.checkpoint import RunDir
+from gapless.cli import main
+from gapless.data import BOS, EOS, PAD
 from gapless.inference import Translator
 from gapless.model import Transformer
-from gapless.model import Transformer
-from gapless.plots import FIGURES
 from gapless.prepare import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
+TINY = "tiny"  # the shipped preset
 V = 20  # scripted vocabulary: 0-3 specials, 4 = the scripted models' "wrong" token, 5-19 words
 WRONG = 4
 P = 0.9  # probability a scripted model puts on its next token (the rest is spread evenly)
@@ -107,7 +105,7 @@ def data():
 
 def _measure(rule, data, **kw):
     refs, text = data
-    return measure(ScriptedProbe(rule), refs, refs, text, beams=(1, 3), **kw)
+    return measure(ScriptedProbe(rule), refs, refs, text, MeasureSettings(beams=(1, 3), **kw))
 
 
 def test_a_model_that_copies_perfectly_has_zero_gap(data):

@@ -1,5 +1,6 @@
-"""gapless.explain: the arithmetic claims of methods.md 7 on small tensors, the rules that turn
-numbers into verdicts (they must be able to fail), and ``gapless explain`` end to end."""
+"""gapless.analysis.explain: the arithmetic claims of methods.md 7 on small tensors, the rules
+that turn numbers into verdicts (they must be able to fail), and ``gapless explain`` end to
+end."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import math
 import pytest
 import torch
 
-from gapless.cli import main
-from gapless.config import ModelConfig
-from gapless.explain import (
+from gapless.analysis.explain import (
     CLAIMS,
     attention_probs,
     attention_scores,
@@ -22,7 +21,10 @@ from gapless.explain import (
     score_variance,
     sentence_output,
 )
-from gapless.model import Attention, Transformer
+from gapless.cli import main
+from gapless.config import ModelConfig
+from gapless.layers import Attention
+from gapless.model import Transformer
 
 
 def _attn(projections: str, d: int = 16, h: int = 2) -> Attention:

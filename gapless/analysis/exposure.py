@@ -1,9 +1,8 @@
 """Exposure-bias measurements (methods.md 6): how a trained model does on its own output compared
 with the gold prefix it was trained on.
 
-Every measurement asks the model through a small ``Probe`` (teacher-forced log-probs, greedy
-continuation of a forced prefix, beam search, detokenisation), so tests can script a "model"
-whose answers are known exactly; ``ModelProbe`` is the probe of a trained Transformer.
+Every measurement asks the model through a ``Probe`` (``gapless.analysis.probe``), so tests can
+script a "model" whose answers are known exactly.
 
 Positions are 1-based: position t holds reference token y_t, predicted from the source x and
 the prefix y_<t. Lengths are counted in target subword tokens, without EOS. The definitions
@@ -13,25 +12,18 @@ behind every number are in ``DEFINITIONS`` (written into diagnose.json and the r
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import math
-import shlex
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from . import config as config_mod
-from .checkpoint import RunDir, atomic_write_text
-from .corpora import split_paths
-from .data import BOS, EOS, PAD, UNK, pad_sequences, read_parallel, sentence_batches
-from .decode import ModelStepper, Stepper, greedy_search
-from .metrics import corpus_scores
+from ..data import BOS, EOS, PAD, UNK, pad_sequences
+from ..metrics import corpus_scores
+from .probe import Probe
 
 log = logging.getLogger(__name__)
 
@@ -85,101 +77,6 @@ DEFINITIONS = {
     "argmax was not y_t, i.e. a is the model's own first choice (the notes' example)",
 }
 
-
-# ----------------------------------------------------------------------------------------------
-# what the measurements ask of a model
-
-
-class Probe(Protocol):
-    """A model as the measurements see it. Ids exclude BOS/EOS unless said otherwise."""
-
-    def log_probs(self, src: list[list[int]], tgt: list[list[int]]) -> torch.Tensor:
-        """Teacher forcing: float log-probs [B, T+1, V], T = longest ``tgt``; [b, t] is the
-        distribution of the token after ``tgt[b][:t]`` (rows past ``len(tgt[b])`` are padding)."""
-
-    def greedy(self, src: list[list[int]], prefixes: list[list[int]]) -> list[list[int]]:
-        """Greedy decoding forced through ``prefixes[b]`` first -> prefix + continuation."""
-
-    def search(self, src: list[list[int]], beam: int) -> list[list[int]]:
-        """The best beam-search hypothesis of each source."""
-
-    def detokenize(self, ids: list[list[int]]) -> list[str]:
-        """Token ids -> text, as compared with the raw references."""
-
-
-class ForcedPrefix:
-    """A stepper whose rows first follow a forced prefix (log-prob 0 for the prefix token, -inf
-    for all others), then decode freely; works under greedy and beam search pruning."""
-
-    def __init__(self, inner: Stepper, prefixes: list[list[int]], device="cpu"):
-        self.inner = inner
-        self.forced = pad_sequences(prefixes).to(device) if prefixes else None  # [N,P]
-        self.lengths = torch.tensor([len(p) for p in prefixes], device=device)  # [N]
-        self.t = 0
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        lp = self.inner.step(tokens)  # [N,V]
-        if self.forced is not None and self.t < self.forced.shape[1]:
-            rows = (self.lengths > self.t).nonzero().view(-1)
-            if rows.numel():
-                forced = torch.full_like(lp[rows], -math.inf)
-                forced.scatter_(1, self.forced[rows, self.t, None], 0.0)
-                lp[rows] = forced
-        self.t += 1
-        return lp
-
-    def reorder(self, index: torch.Tensor, rows_changed_sentence: bool) -> None:
-        self.inner.reorder(index, rows_changed_sentence)
-        if self.forced is not None:
-            self.forced = self.forced.index_select(0, index)
-            self.lengths = self.lengths.index_select(0, index)
-
-
-class ModelProbe:
-    """The probe of a trained model. ``translator`` is a ``gapless.evaluate.Translator`` (the
-    caller passes it: evaluate is on this module's layer)."""
-
-    def __init__(self, translator: Any, batch_size: int | None = None):
-        self.translator = translator
-        self.model, self.device = translator.model, translator.device
-        self.decode_cfg = translator.decode_cfg
-        self.batch_size = batch_size or self.decode_cfg.batch_size
-
-    @torch.no_grad()
-    def log_probs(self, src: list[list[int]], tgt: list[list[int]]) -> torch.Tensor:
-        src_t = pad_sequences(src, suffix=EOS).to(self.device)  # [B,S]
-        tgt_in = pad_sequences(tgt, prefix=BOS).to(self.device)  # [B,T+1]
-        self.model.eval()
-        logits = self.model(src_t, tgt_in)  # [B,T+1,V]
-        return torch.log_softmax(logits.float(), dim=-1).cpu()
-
-    @torch.no_grad()
-    def greedy(self, src: list[list[int]], prefixes: list[list[int]]) -> list[list[int]]:
-        d = self.decode_cfg
-        limit = self.model.cfg.max_positions - 1
-        out: list[list[int]] = [[] for _ in src]
-        self.model.eval()
-        for idx in sentence_batches([len(s) for s in src], self.batch_size):
-            seqs, pre = [src[i] for i in idx], [prefixes[i] for i in idx]
-            # the translator's length limit, raised to fit the forced prefix
-            max_len = torch.tensor(
-                [min(max(int(d.max_len_a * (len(s) + 1) + d.max_len_b), len(p) + 1), limit)
-                 for s, p in zip(seqs, pre)], device=self.device)
-            stepper = ForcedPrefix(
-                ModelStepper(self.model, pad_sequences(seqs, suffix=EOS).to(self.device)),
-                pre, self.device)
-            hyps = greedy_search(stepper, len(idx), max_len, d.min_len, device=self.device)
-            for i, h in zip(idx, hyps):
-                out[int(i)] = h.tokens
-        return out
-
-    def search(self, src: list[list[int]], beam: int) -> list[list[int]]:
-        # about 1000 rows per batch: beam 50 on many sentences at once would need GBs of cache
-        batch = max(1, min(self.batch_size, 1024 // beam))
-        return self.translator.translate_ids(src, beam=beam, batch_size=batch)
-
-    def detokenize(self, ids: list[list[int]]) -> list[str]:
-        return self.translator.vocab.decode(ids)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,11 +345,23 @@ def prefix_swap(probe: Probe, src: list[list[int]], refs: list[list[int]],
     return results
 
 
+@dataclass(frozen=True)
+class MeasureSettings:
+    """What ``measure`` sweeps: beam sizes, length buckets, prefix-swap cuts, and how many
+    sentences (the first N; None: all) the beam sweep decodes."""
+
+    beams: Sequence[int] = BEAMS
+    edges: Sequence[int] = BUCKET_EDGES
+    cuts: Sequence[float] = CUTS
+    sweep_sentences: int | None = None
+
+
 def beam_sweep(probe: Probe, src: list[list[int]], refs: list[list[int]], ref_text: list[str],
-               greedy: list[list[int]], beams: Sequence[int] = BEAMS,
-               edges: Sequence[int] = BUCKET_EDGES, sentences: int | None = None) -> dict:
+               greedy: list[list[int]], settings: MeasureSettings = MeasureSettings()) -> dict:
     """BLEU, length ratio, hallucination and repetition per beam size, and BLEU by reference
-    length bucket; beam 1 is the greedy output. ``sentences``: only the first N (all beams)."""
+    length bucket; beam 1 is the greedy output. ``settings.sweep_sentences``: only the first N
+    (all beams)."""
+    beams, edges, sentences = settings.beams, settings.edges, settings.sweep_sentences
     n = len(src) if sentences is None else min(sentences, len(src))
     partner = same_length_distractors(refs[:n])
     pairs = [(ref_text[p], ref_text[i]) for i, p in enumerate(partner) if p is not None]
@@ -493,8 +402,7 @@ def beam_sweep(probe: Probe, src: list[list[int]], refs: list[list[int]], ref_te
 
 
 def measure(probe: Probe, src: list[list[int]], refs: list[list[int]], ref_text: list[str],
-            beams: Sequence[int] = BEAMS, edges: Sequence[int] = BUCKET_EDGES,
-            cuts: Sequence[float] = CUTS, sweep_sentences: int | None = None) -> dict:
+            settings: MeasureSettings = MeasureSettings()) -> dict:
     """All measurements of methods.md 6 on token ids ``src`` / ``refs`` (references also as raw
     text for BLEU). Returns the dict written to diagnose.json (without run metadata)."""
     seconds = {}
@@ -506,6 +414,7 @@ def measure(probe: Probe, src: list[list[int]], refs: list[list[int]], ref_text:
         log.info("%s: %.1f s", name, seconds[name])
         return value
 
+    edges = settings.edges
     ref_tf = timed("teacher_forced", teacher_forced, probe, src, refs)
     greedy = timed("greedy", probe.greedy, src, [[] for _ in src])
     result = {
@@ -514,86 +423,10 @@ def measure(probe: Probe, src: list[list[int]], refs: list[list[int]], ref_text:
         "gap": timed("gap", exposure_gap, refs, ref_tf["pred"], greedy, edges),
         "distractor": timed("distractor", distractor_logprobs, probe, src, refs, ref_tf),
         "overcorrection": timed("overcorrection", overcorrection, probe, src, refs, ref_tf),
-        "prefix_swap": timed("prefix_swap", prefix_swap, probe, src, refs, greedy, cuts),
-        "beam_sweep": timed("beam_sweep", beam_sweep, probe, src, refs, ref_text, greedy, beams,
-                            edges, sweep_sentences),
+        "prefix_swap": timed("prefix_swap", prefix_swap, probe, src, refs, greedy,
+                             settings.cuts),
+        "beam_sweep": timed("beam_sweep", beam_sweep, probe, src, refs, ref_text, greedy,
+                            settings),
     }
     result["seconds"] = seconds
     return result
-
-
-# ----------------------------------------------------------------------------------------------
-# a run
-
-
-def output_dir(run_dir: str | Path, split: str) -> Path:
-    return RunDir(run_dir).path / "diagnose" / split
-
-
-def select(n: int, max_sentences: int | None, seed: int = 0) -> list[int]:
-    """A deterministic subsample (sorted indices) of ``max_sentences`` out of ``n``."""
-    if max_sentences is None or max_sentences >= n:
-        return list(range(n))
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(n, size=max_sentences, replace=False).tolist())
-
-
-def diagnose(
-    run_dir: str | Path,
-    load: Callable[..., Any],
-    split: str = "test2016",
-    max_sentences: int | None = None,
-    beams: Sequence[int] = BEAMS,
-    sweep_sentences: int | None = None,
-    checkpoint: str = "best",
-    device: str = "auto",
-    reuse: bool = False,
-    dtype: str = "fp32",
-) -> Path:
-    """Measure a run on a split of its corpus; write ``RUN/diagnose/<split>/diagnose.json``
-    and return that folder. ``load`` is ``gapless.evaluate.load`` (passed in by the caller,
-    see ModelProbe). ``reuse``: keep an existing result measured with the same settings."""
-    run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise FileNotFoundError(f"{run.path}: not a run directory (no config.yaml)")
-    out = output_dir(run_dir, split)
-    settings = {"split": split, "max_sentences": max_sentences, "beams": list(beams),
-                "sweep_sentences": sweep_sentences, "checkpoint": checkpoint, "dtype": dtype}
-    if reuse and (out / "diagnose.json").is_file():
-        old = json.loads((out / "diagnose.json").read_text())
-        if old.get("settings") == settings:
-            log.info("%s: reusing %s", run.path, out / "diagnose.json")
-            return out
-    cfg = config_mod.load(run.config)
-    d = cfg.data
-    src_path, ref_path = split_paths(d.corpus, split, d.src_lang, d.tgt_lang, d.data_dir,
-                                     d.download)
-    src_text, ref_text = read_parallel(src_path, ref_path)
-    corpus_sentences = len(src_text)
-    keep = select(corpus_sentences, max_sentences)
-    src_text, ref_text = [src_text[i] for i in keep], [ref_text[i] for i in keep]
-    translator = load(run_dir, checkpoint, device, dtype)
-    probe = ModelProbe(translator)
-    vocab = translator.vocab
-    start = time.perf_counter()
-    result = measure(probe, vocab.encode(src_text), vocab.encode(ref_text), ref_text, beams,
-                     sweep_sentences=sweep_sentences)
-    command = ["gapless", "diagnose", str(run_dir), "--split", split,
-               "--beams", ",".join(map(str, beams))]
-    if max_sentences is not None:
-        command += ["--max-sentences", str(max_sentences)]
-    if sweep_sentences is not None:
-        command += ["--sweep-sentences", str(sweep_sentences)]
-    if checkpoint != "best":
-        command += ["--checkpoint", checkpoint]
-    if dtype != "fp32":
-        command += ["--dtype", dtype]
-    result = {
-        "run": str(run.path), "name": cfg.name, "split": split, "source": str(src_path),
-        "reference": str(ref_path), "corpus_sentences": corpus_sentences,
-        "settings": settings, "command": shlex.join(command),
-        "total_seconds": round(time.perf_counter() - start, 1), **result,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "diagnose.json", json.dumps(result, indent=1))
-    return out

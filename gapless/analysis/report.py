@@ -1,8 +1,8 @@
-"""Figures and Markdown reports from run files (matplotlib, Agg backend, imported lazily).
+"""Figures and a Markdown report of diagnose results, for one run or several side by side.
 
-``diagnose_report(folder)`` turns one ``diagnose.json`` (written by ``gapless.diagnose``) into
-PNG figures and ``report.md`` next to it; ``compare_report(folders, out)`` puts several models
-on the same figures, with one combined report.
+``diagnose_report(folder)`` turns one ``diagnose.json`` (written by
+``gapless.analysis.diagnose``) into PNG figures and ``report.md`` next to it;
+``compare_report(folders, out)`` puts several models on the same figures, with one report.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import json
 import shlex
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
-from .diagnose import DEFINITIONS
+from ..checkpoint import atomic_write_text
+from .exposure import DEFINITIONS
+from .figures import colors, finish, pyplot, save, style_pair
 
 FIGURES = {
     "gap": "gap.png",
@@ -23,15 +24,6 @@ FIGURES = {
     "prefix_swap": "prefix_swap.png",
     "overcorrection": "overcorrection.png",
 }
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _label(result: dict) -> str:
@@ -48,27 +40,10 @@ def _curve(rows: list[dict], key: str, min_tokens: int) -> tuple[list, list]:
     return [r["position"] for r in keep], [r[key] for r in keep]
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
-
-
-def _integer_ticks():
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(integer=True)
-
-
 def _tick_labels(buckets: list[str], rows: list[dict]) -> list[str]:
     """Bucket names with the first model's sentence count under them (all models share it)."""
     count = {r["bucket"]: r["sentences"] for r in rows}
     return [f"{b}\n(n={count[b]})" if b in count else b for b in buckets]
-
-
-def _colors(n: int) -> list:
-    return [f"C{i % 10}" for i in range(n)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,9 +51,9 @@ def _colors(n: int) -> list:
 
 
 def plot_gap(results: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    for result, color in zip(results, _colors(len(results))):
+    for result, color in zip(results, colors(len(results))):
         rows, m = result["gap"]["by_position"], _min_tokens(result)
         name = _label(result)
         x, tf = _curve(rows, "tf_acc", m)
@@ -89,25 +64,12 @@ def plot_gap(results: list[dict], path: Path) -> Path:
                  label=f"{name}: own greedy output (LCS-aligned)")
         x, gap = _curve(rows, "gap", m)
         ax2.plot(x, [100 * v for v in gap], "-o", ms=3, color=color, label=name)
-    _style_pair(ax1, ax2,
+    style_pair(ax1, ax2,
                 ("Token accuracy by target position: gold prefix vs the model's own output",
                  "token accuracy (%)"),
                 ("Exposure-bias gap (teacher-forced minus free-running accuracy)",
                  "gap (percentage points)"))
-    return _save(fig, path)
-
-
-def _style_pair(ax1, ax2, top: tuple[str, str], bottom: tuple[str, str]) -> None:
-    """Two panels over target position: curves on top, their difference below (title, y
-    label of each)."""
-    for ax, (title, ylabel) in ((ax1, top), (ax2, bottom)):
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    ax2.axhline(0, color="grey", lw=0.8)
-    ax2.set_xlabel("target position (subword tokens)")
-    ax2.xaxis.set_major_locator(_integer_ticks())
+    return save(fig, path)
 
 
 def _buckets(rows_per_model: list[list[dict]]) -> list[str]:
@@ -119,11 +81,11 @@ def _buckets(rows_per_model: list[list[dict]]) -> list[str]:
 
 
 def plot_gap_by_length(results: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     buckets = _buckets([r["gap"]["by_bucket"] for r in results])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / len(results)
-    for k, (result, color) in enumerate(zip(results, _colors(len(results)))):
+    for k, (result, color) in enumerate(zip(results, colors(len(results)))):
         rows = {r["bucket"]: r for r in result["gap"]["by_bucket"]}
         xs = [i for i, b in enumerate(buckets) if b in rows]
         name = _label(result)
@@ -133,22 +95,18 @@ def plot_gap_by_length(results: list[dict], path: Path) -> Path:
                  label=f"{name}: own prefix")
         ax2.bar([i - 0.4 + width * (k + 0.5) for i in xs],
                 [100 * rows[buckets[i]]["gap"] for i in xs], width, color=color, label=name)
-    for ax in (ax1, ax2):
+    for ax, title, ylabel in ((ax1, "Token accuracy by reference length", "token accuracy (%)"),
+                              (ax2, "Exposure-bias gap by reference length",
+                               "gap (percentage points)")):
         ax.set_xticks(range(len(buckets)), _tick_labels(buckets, results[0]["gap"]["by_bucket"]))
-        ax.set_xlabel("reference length (subword tokens)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    ax1.set_title("Token accuracy by reference length")
-    ax1.set_ylabel("token accuracy (%)")
-    ax2.set_title("Exposure-bias gap by reference length")
-    ax2.set_ylabel("gap (percentage points)")
-    return _save(fig, path)
+        finish(ax, title, "reference length (subword tokens)", ylabel, fontsize=8)
+    return save(fig, path)
 
 
 def plot_distractor(results: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    for result, color in zip(results, _colors(len(results))):
+    for result, color in zip(results, colors(len(results))):
         rows, m, name = result["distractor"]["by_position"], _min_tokens(result), _label(result)
         x, ref = _curve(rows, "ref_logprob", m)
         ax1.plot(x, ref, "-o", ms=3, color=color, label=f"{name}: reference")
@@ -156,19 +114,19 @@ def plot_distractor(results: list[dict], path: Path) -> Path:
         ax1.plot(x, dis, "--s", ms=3, color=color, label=f"{name}: same-length distractor")
         x, margin = _curve(rows, "margin", m)
         ax2.plot(x, margin, "-o", ms=3, color=color, label=name)
-    _style_pair(ax1, ax2,
+    style_pair(ax1, ax2,
                 ("Per-step log-probability of the reference vs a distractor (same source)",
                  "mean log p(token | source, prefix) (nats)"),
                 ("Margin: how much the source still decides the next token",
                  "reference minus distractor (nats)"))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_beam_sweep(results: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     beams: set[int] = set()
-    for result, color in zip(results, _colors(len(results))):
+    for result, color in zip(results, colors(len(results))):
         rows, name = result["beam_sweep"]["beams"], _label(result)
         x = [r["beam"] for r in rows]
         beams.update(x)
@@ -187,19 +145,15 @@ def plot_beam_sweep(results: list[dict], path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xticks(sorted(beams), [str(b) for b in sorted(beams)])
         ax.minorticks_off()
-        ax.set_title(title)
-        ax.set_xlabel("beam size (log scale)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+        finish(ax, title, "beam size (log scale)", ylabel, fontsize=8)
+    return save(fig, path)
 
 
 def plot_bleu_by_length(results: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     buckets = _buckets([row["by_bucket"] for r in results for row in r["beam_sweep"]["beams"]])
-    for result, color in zip(results, _colors(len(results))):
+    for result, color in zip(results, colors(len(results))):
         rows = result["beam_sweep"]["beams"]
         if len(results) > 1 and len(rows) > 2:  # several models: smallest and largest beam
             rows = [rows[0], rows[-1]]
@@ -210,19 +164,17 @@ def plot_bleu_by_length(results: list[dict], path: Path) -> Path:
                     color=color if len(results) > 1 else None,
                     label=f"{_label(result)}: beam {row['beam']}")
     first = results[0]["beam_sweep"]["beams"]
-    ax.set_xticks(range(len(buckets)), _tick_labels(buckets, first[0]["by_bucket"] if first else []))
-    ax.set_title("BLEU by reference length")
-    ax.set_xlabel("reference length (subword tokens)")
-    ax.set_ylabel("BLEU (sacreBLEU)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    ax.set_xticks(range(len(buckets)),
+                  _tick_labels(buckets, first[0]["by_bucket"] if first else []))
+    finish(ax, "BLEU by reference length", "reference length (subword tokens)",
+           "BLEU (sacreBLEU)", fontsize=8)
+    return save(fig, path)
 
 
 def plot_prefix_swap(results: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for result, color in zip(results, _colors(len(results))):
+    for result, color in zip(results, colors(len(results))):
         rows = [r for r in result["prefix_swap"] if r["sentences"]]
         name = _label(result)
         x = [100 * r["cut"] for r in rows]
@@ -231,19 +183,16 @@ def plot_prefix_swap(results: list[dict], path: Path) -> Path:
                     label=f"{name}: after the gold prefix")
             ax.plot(x, [scale * r["model"][key] for r in rows], "--s", color=color,
                     label=f"{name}: after its own prefix")
-    ax1.set_title("Prefix swap: BLEU of the continuation")
-    ax1.set_ylabel("BLEU vs reference suffix")
-    ax2.set_title("Prefix swap: token accuracy of the continuation")
-    ax2.set_ylabel("token accuracy vs reference suffix (%)")
-    for ax in (ax1, ax2):
-        ax.set_xlabel("cut point (% of the reference length)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+    for ax, title, ylabel in ((ax1, "Prefix swap: BLEU of the continuation",
+                               "BLEU vs reference suffix"),
+                              (ax2, "Prefix swap: token accuracy of the continuation",
+                               "token accuracy vs reference suffix (%)")):
+        finish(ax, title, "cut point (% of the reference length)", ylabel, fontsize=8)
+    return save(fig, path)
 
 
 def plot_overcorrection(results: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     keys = ("follow_gold", "restate_gold", "other", "tf_next_acc")
     names = ("follows gold\n(ignores the swap)", "restates the\ngold word", "other",
              "gold token kept\n(baseline)")
@@ -252,7 +201,7 @@ def plot_overcorrection(results: list[dict], path: Path) -> Path:
     for ax, subset, title in zip(axes, ("all", "model_error"),
                                  ("All positions: y_t replaced by the runner-up",
                                   "Positions the model got wrong: y_t replaced by its choice")):
-        for k, (result, color) in enumerate(zip(results, _colors(len(results)))):
+        for k, (result, color) in enumerate(zip(results, colors(len(results)))):
             row = result["overcorrection"][subset]
             if not row["positions"]:
                 continue
@@ -261,12 +210,10 @@ def plot_overcorrection(results: list[dict], path: Path) -> Path:
                    label=f"{_label(result)} ({row['positions']} positions)")
         ax.set_xticks(range(len(keys)), names, fontsize=8)
         ax.set_title(title, fontsize=10)
-        ax.set_ylabel("share of positions (%)")
-        ax.set_xlabel("the model's next token after the substitution")
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
+        finish(ax, xlabel="the model's next token after the substitution",
+               ylabel="share of positions (%)", fontsize=8, grid_axis="y")
     fig.suptitle("Overcorrection probe: one gold-prefix token replaced by the model's alternative")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 PLOTS = {
@@ -299,17 +246,18 @@ def _pct(v: float | None) -> float | None:
     return None if v is None else 100 * v
 
 
-def _sections(results: list[dict]) -> list[str]:
+def _gap_row(name: str, bucket: str, g: dict) -> list:
+    return [name, bucket, g["sentences"], g["tokens"], _pct(g["tf_acc"]), _pct(g["free_acc"]),
+            _pct(g["gap"]), _pct(g.get("free_pos_acc")), _pct(g.get("gap_pos"))]
+
+
+def _rows(results: list[dict]) -> dict[str, list[list]]:
+    """The report's tables as rows of cells, one row per model (and bucket, beam, cut...)."""
     L = _label
     gap_rows = []
     for r in results:
-        g = r["gap"]
-        gap_rows.append([L(r), "all", g["sentences"], g["tokens"], _pct(g["tf_acc"]),
-                         _pct(g["free_acc"]), _pct(g["gap"]), _pct(g.get("free_pos_acc")),
-                         _pct(g.get("gap_pos"))])
-        gap_rows += [[L(r), b["bucket"], b["sentences"], b["tokens"], _pct(b["tf_acc"]),
-                      _pct(b["free_acc"]), _pct(b["gap"]), _pct(b.get("free_pos_acc")),
-                      _pct(b.get("gap_pos"))] for b in g["by_bucket"]]
+        gap_rows.append(_gap_row(L(r), "all", r["gap"]))
+        gap_rows += [_gap_row(L(r), b["bucket"], b) for b in r["gap"]["by_bucket"]]
     dis_rows = [[L(r), r["distractor"]["sentences"], r["distractor"].get("ref_logprob"),
                  r["distractor"].get("distractor_logprob"), r["distractor"].get("margin"),
                  _pct(r["distractor"].get("ref_wins"))] for r in results]
@@ -331,10 +279,20 @@ def _sections(results: list[dict]) -> list[str]:
                   _pct(o["other"]), _pct(o["tf_next_acc"]), o["next_gold_logprob"],
                   o["next_gold_logprob_substituted"]]
                  for r in results for subset, o in r["overcorrection"].items()]
-    calib = "; ".join(
-        f"{L(r)}: unrelated same-length references score {r['beam_sweep']['unrelated_chrf']} "
-        f"chrF on average, {_pct(r['beam_sweep']['unrelated_below_threshold']) or 0:.0f}% of "
+    return {"gap": gap_rows, "distractor": dis_rows, "beam": beam_rows, "bucket": bucket_rows,
+            "swap": swap_rows, "over": over_rows}
+
+
+def _calibration(results: list[dict]) -> str:
+    return "; ".join(
+        f"{_label(r)}: unrelated same-length references score "
+        f"{r['beam_sweep']['unrelated_chrf']} chrF on average, "
+        f"{_pct(r['beam_sweep']['unrelated_below_threshold']) or 0:.0f}% of "
         f"them below {r['beam_sweep']['hallucination_chrf']:g}" for r in results)
+
+
+def _sections(results: list[dict]) -> list[str]:
+    rows = _rows(results)
     return [
         "## 1. Exposure-bias gap: gold prefix vs the model's own greedy output",
         f"![gap]({FIGURES['gap']})\n\n![gap by length]({FIGURES['gap_by_length']})",
@@ -348,7 +306,7 @@ def _sections(results: list[dict]) -> list[str]:
          "swap (section 5)."),
         "Token accuracy (%) by reference length bucket:",
         _table(["model", "bucket", "sentences", "tokens", "gold-prefix acc", "own-prefix acc",
-                "gap (pp)", "own-prefix acc, by position", "gap by position (pp)"], gap_rows),
+                "gap (pp)", "own-prefix acc, by position", "gap by position (pp)"], rows["gap"]),
         "## 2. Reference vs same-length distractor",
         f"![distractor]({FIGURES['distractor']})",
         ("A margin that shrinks along the sentence means the source decides less and the "
@@ -357,24 +315,25 @@ def _sections(results: list[dict]) -> list[str]:
         ("Mean per-token log-probability (nats); ref wins = share of sentences whose "
          "reference is more likely than the distractor:"),
         _table(["model", "sentences", "reference", "distractor", "margin", "ref wins (%)"],
-               dis_rows),
+               rows["distractor"]),
         "## 3. Beam sweep",
         f"![beam sweep]({FIGURES['beam_sweep']})",
         _table(["model", "beam", "sentences", "BLEU", "chrF", "length ratio",
-                "hallucination (%)", "repetition (%)", "empty (%)", "seconds"], beam_rows),
-        f"Calibration of the hallucination threshold: {calib}.",
+                "hallucination (%)", "repetition (%)", "empty (%)", "seconds"], rows["beam"]),
+        f"Calibration of the hallucination threshold: {_calibration(results)}.",
         "## 4. BLEU by reference length",
         f"![BLEU by length]({FIGURES['bleu_by_length']})",
-        _table(["model", "beam", "bucket", "sentences", "BLEU"], bucket_rows),
+        _table(["model", "beam", "bucket", "sentences", "BLEU"], rows["bucket"]),
         "## 5. Prefix swap (He et al. 2021)",
         f"![prefix swap]({FIGURES['prefix_swap']})",
         _table(["model", "cut", "sentences", "same prefix (%)", "BLEU gold prefix",
-                "BLEU own prefix", "chrF gold prefix", "chrF own prefix", "acc gold prefix (%)", "acc own prefix (%)"], swap_rows),
+                "BLEU own prefix", "chrF gold prefix", "chrF own prefix", "acc gold prefix (%)",
+                "acc own prefix (%)"], rows["swap"]),
         "## 6. Overcorrection probe",
         f"![overcorrection]({FIGURES['overcorrection']})",
-        _table(["model", "subset", "positions", "follows gold (%)", "restates gold (%)", "other (%)",
-                "gold kept: next acc (%)", "log p(y_t+1), gold", "log p(y_t+1), swapped"],
-               over_rows),
+        _table(["model", "subset", "positions", "follows gold (%)", "restates gold (%)",
+                "other (%)", "gold kept: next acc (%)", "log p(y_t+1), gold",
+                "log p(y_t+1), swapped"], rows["over"]),
         "## Definitions",
         "\n".join(f"- **{k}**: {v}" for k, v in DEFINITIONS.items()),
     ]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import yaml
 
-from gapless import config as config_mod
 from gapless.checkpoint import RunDir, atomic_write_text
 from gapless.evaluate import evaluate, score_split
 from gapless.inference import load

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from . import config as config_mod
 from .checkpoint import RunDir
 from .config import DecodeConfig
 from .data import EOS, Vocab, pad_sequences, sentence_batches
@@ -29,10 +31,39 @@ from .model import Transformer
 from .packing import pack_linears
 from .runtime import autocast, configure_inference, resolve_device
 
-__all__ = ["SearchBatch", "Translator", "length_limits", "load", "search_batches"]
+__all__ = ["Engine", "SearchBatch", "Translation", "Translator", "length_limits", "load",
+           "search_batches"]
 
 # (model, src [B,S], rows per sentence) -> a Stepper; ModelStepper is the KV-cached default
 StepperFactory = Callable[[Transformer, torch.Tensor, int], Stepper]
+
+
+@dataclasses.dataclass
+class Translation:
+    """One hypothesis as text: its ranking score (length-normalised log-prob for beam search,
+    mean log-prob per token for greedy), total log-prob, and output tokens without EOS."""
+
+    text: str
+    score: float
+    log_prob: float
+    tokens: int
+
+
+class Engine(Protocol):
+    """What translate, evaluate and the server need of a loaded model, whatever runs it
+    (gapless's own search or an exported CTranslate2 model)."""
+
+    name: str  # "gapless" | "ctranslate2"
+    max_source_tokens: int  # longer inputs are truncated to this many pieces by the caller
+
+    def translate(self, lines: list[str], **settings) -> list[str]:
+        """Raw sentences -> the best translation of each (decode settings as keywords)."""
+
+    def translate_text(self, lines: list[str], **settings) -> list[list[Translation]]:
+        """Raw sentences -> each one's ``nbest`` translations, best first."""
+
+    def describe(self) -> dict:
+        """What is loaded (engine, run, checkpoint, precision, config) for logs and /v1/model."""
 
 
 def length_limits(src_lens: list[int], settings: DecodeConfig, max_positions: int,
@@ -81,6 +112,7 @@ class Translator:
         # ``load`` runs natively, without autocast re-casting every weight at every step
         weights_fp32 = next(model.parameters()).dtype == torch.float32
         self.dtype = dtype if weights_fp32 else "fp32"
+        self.source: dict = {}  # where the weights came from (``load`` fills it in)
 
     def settings(self, **overrides) -> DecodeConfig:
         """The run's decode settings with ``overrides`` (``beam=5``, ``len_penalty=0.6``, ...;
@@ -126,10 +158,30 @@ class Translator:
         return beam_search(stepper, batch.limits, settings.beam, settings.len_penalty,
                            max(settings.nbest, 1))
 
+    name = "gapless"
+
+    @property
+    def max_source_tokens(self) -> int:
+        """Source pieces the model's positions allow (EOS takes one)."""
+        return self.model.cfg.max_positions - 1
+
     def translate(self, lines: list[str], **kwargs) -> list[str]:
         """Raw sentences -> detokenised translations (same order)."""
         ids = self.translate_ids(self.vocab.encode(list(lines)), **kwargs)
         return self.vocab.decode(ids)
+
+    def translate_text(self, lines: list[str], **settings) -> list[list[Translation]]:
+        """Raw sentences -> each one's ``nbest`` translations with their scores, best first."""
+        nbest = self.translate_nbest(self.vocab.encode(list(lines)), **settings)
+        texts = iter(self.vocab.decode([h.tokens for hyps in nbest for h in hyps]))
+        return [[Translation(next(texts), h.score, h.log_prob, len(h.tokens)) for h in hyps]
+                for hyps in nbest]
+
+    def describe(self) -> dict:
+        weights = next(self.model.parameters()).dtype
+        return {"engine": self.name, "device": str(self.device),
+                "dtype": "bf16" if weights == torch.bfloat16 else self.dtype,
+                "parameters": sum(p.numel() for p in self.model.parameters()), **self.source}
 
     def translate_stream(self, lines: Iterable[str], chunk: int = 1000, **kwargs):
         """Yield translations of a (possibly endless) line stream, ``chunk`` lines at a time."""
@@ -151,10 +203,13 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
     cfg = run.load_config()
     configure_inference()
     model = Transformer(cfg.model)
-    run.load_weights(model, checkpoint)
+    weights = run.load_weights(model, checkpoint)
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
     device = resolve_device(device)
     if pack and device.type == "cpu":
         pack_linears(model)
-    return Translator(model, Vocab(run.spm_model), cfg.decode, device, dtype)
+    translator = Translator(model, Vocab(run.spm_model), cfg.decode, device, dtype)
+    translator.source = {"run": str(run.path), "name": cfg.name, "checkpoint": weights.name,
+                         "config": config_mod.to_dict(cfg)}
+    return translator

@@ -134,6 +134,59 @@ class RunDir:
         for stale in self.checkpoints.glob(".step_*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
 
+    def steps(self) -> list[Path]:
+        """The saved ``step_*`` checkpoints, oldest first."""
+        return sorted(p for p in self.checkpoints.glob("step_*")
+                      if (p / "model.safetensors").is_file())
+
+    def choose_steps(self, last: int | None = None, updates: list[int] | None = None
+                     ) -> list[Path]:
+        """The ``step_*`` checkpoints of ``updates``, or the ``last`` N; an error names what
+        is missing."""
+        steps = {int(p.name.split("_")[1]): p for p in self.steps()}
+        if updates:
+            missing = sorted(set(updates) - steps.keys())
+            if missing:
+                raise FileNotFoundError(f"{self.checkpoints}: no checkpoint of update(s) "
+                                        f"{missing} (have {sorted(steps)})")
+            return [steps[u] for u in sorted(set(updates))]
+        if last is None or not 1 <= last <= len(steps):
+            raise FileNotFoundError(f"{self.checkpoints}: cannot average the last {last} of "
+                                    f"{len(steps)} checkpoints")
+        return [steps[u] for u in sorted(steps)[-last:]]
+
+    def average(self, sources: list[Path], name: str) -> Path:
+        """Write the element-wise mean of the weights of ``sources`` (checkpoint folders) as
+        checkpoint ``name`` (atomically; tag ``name`` points at it) and return its folder.
+        Integer tensors (counters) are taken from the newest source."""
+        if not sources:
+            raise FileNotFoundError(f"{self.checkpoints}: no checkpoints to average")
+        total: dict[str, torch.Tensor] = {}
+        for src in sources:
+            for key, value in load_file(str(src / "model.safetensors")).items():
+                if value.is_floating_point():
+                    total[key] = total.get(key, 0) + value.double()
+                else:
+                    total[key] = value
+        first = load_file(str(sources[0] / "model.safetensors"))
+        mean = {k: (v / len(sources)).to(first[k].dtype) if v.is_floating_point() else v
+                for k, v in total.items()}
+        with open(sources[0] / "model.safetensors", "rb") as f:  # keep the tie metadata
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        tmp = self.checkpoints / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(mean, str(tmp / "model.safetensors"), metadata=header.get("__metadata__"))
+        states = [json.loads((src / "state.json").read_text()) for src in sources]
+        (tmp / "state.json").write_text(json.dumps({
+            "update": states[-1]["update"], "averaged_from": [src.name for src in sources],
+            "averaged_updates": [st["update"] for st in states]}))
+        final = self.checkpoints / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_text(self.checkpoints / f"{name}.json", json.dumps({"dir": name}))
+        return final
+
     def load_weights(self, model: torch.nn.Module, tag_or_dir: str | Path = "best") -> Path:
         path = Path(tag_or_dir)
         if not (path / "model.safetensors").is_file():

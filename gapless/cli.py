@@ -2,8 +2,9 @@
 
     gapless prepare   CONFIG [--run-dir DIR] [--section.key VALUE ...]
     gapless train     CONFIG [--run-dir DIR] [--init-from RUN [--init-optimizer]] [--key VALUE ...]
-    gapless translate RUN [--beam K] [--input FILE] [--output FILE]   (stdin -> stdout by default)
-    gapless evaluate  RUN [--split test2016 ...] [--beam K]
+    gapless translate RUN [--beam K] [--n-best K] [--input FILE] [--output FILE]  (stdin, stdout)
+    gapless evaluate  RUN [--split test2016 ...] [--beam K] [--checkpoint best|last|NAME|DIR]
+    gapless average   RUN [--last N | --updates U1,U2,...] [--name averaged]
     gapless quickstart [--minutes M]
     gapless diagnose  RUN [--split S] [--max-sentences N] [--beams 1,4,10,50]
     gapless diagnose  --compare RUN_A RUN_B ... --out DIR
@@ -53,6 +54,18 @@ def cmd_train(args, overrides) -> int:
     return 0
 
 
+def cmd_average(args, overrides) -> int:
+    from .checkpoint import RunDir
+
+    run = RunDir(args.run)
+    updates = [int(u) for u in args.updates.split(",")] if args.updates else None
+    chosen = run.choose_steps(args.last, updates)
+    out = run.average(chosen, args.name)
+    print(json.dumps({"checkpoint": str(out), "averaged": [p.name for p in chosen],
+                      "use": f"--checkpoint {args.name}"}))
+    return 0
+
+
 def _decode_kwargs(args) -> dict:
     kw = {k: getattr(args, k) for k in ("beam", "len_penalty", "max_len_a", "max_len_b",
                                         "min_len", "batch_size") if getattr(args, k) is not None}
@@ -63,14 +76,20 @@ def _decode_kwargs(args) -> dict:
 
 
 def cmd_translate(args, overrides) -> int:
-    from .inference import load
+    from .inference import load, nbest_lines
 
     translator = load(args.run, args.checkpoint, args.device, args.dtype)
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(open(args.input, encoding="utf-8")) if args.input else sys.stdin
         out = (stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output
                else sys.stdout)
-        for hyp in translator.translate_stream(src, **_decode_kwargs(args)):
+        kwargs = _decode_kwargs(args)
+        if args.n_best > 1:
+            if args.n_best > kwargs.get("beam", translator.decode_cfg.beam):
+                raise ConfigError(f"--n-best {args.n_best} needs --beam >= {args.n_best}")
+            out.writelines(nbest_lines(translator, src, args.n_best, **kwargs))
+            return 0
+        for hyp in translator.translate_stream(src, **kwargs):
             out.write(hyp + "\n")
     return 0
 
@@ -160,8 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--input")
     p.add_argument("--output")
+    p.add_argument("--n-best", type=int, default=1,
+                   help="write the K best hypotheses per line as 'i ||| text ||| score'")
     _add_decode_args(p)
     p.set_defaults(fn=cmd_translate)
+    p = sub.add_parser("average", help="average the weights of a run's last checkpoints")
+    p.add_argument("run")
+    p.add_argument("--last", type=int, default=5, help="the N newest step checkpoints")
+    p.add_argument("--updates", help="these updates instead, e.g. 3000,3500,4000")
+    p.add_argument("--name", default="averaged",
+                   help="the new checkpoint's name (then --checkpoint NAME)")
+    p.set_defaults(fn=cmd_average)
     p = sub.add_parser("evaluate", help="sacreBLEU + chrF on corpus splits")
     p.add_argument("run")
     p.add_argument("--split", action="append")

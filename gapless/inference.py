@@ -7,6 +7,7 @@ their length limits and hands them to a search (greedy, beam or sampling).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -32,7 +33,7 @@ from .packing import pack_linears
 from .runtime import autocast, configure_inference, resolve_device
 
 __all__ = ["Engine", "SearchBatch", "Translation", "Translator", "length_limits", "load",
-           "search_batches"]
+           "nbest_lines", "search_batches"]
 
 # (model, src [B,S], rows per sentence) -> a Stepper; ModelStepper is the KV-cached default
 StepperFactory = Callable[[Transformer, torch.Tensor, int], Stepper]
@@ -193,6 +194,22 @@ class Translator:
                 buf = []
         if buf:
             yield from self.translate(buf, **kwargs)
+
+
+def nbest_lines(engine: Engine, lines: Iterable[str], n_best: int, chunk: int = 1000,
+                **settings) -> Iterator[str]:
+    """``i ||| translation ||| score`` lines, the ``n_best`` best per input line, best first
+    (Moses n-best style; i counts input lines from 0), ``chunk`` lines at a time."""
+    buf: list[str] = []
+    done = 0
+    for line in itertools.chain(lines, [None]):  # None: the end, flush
+        if line is not None:
+            buf.append(line.rstrip("\n"))
+        if buf and (line is None or len(buf) >= chunk):
+            for i, hyps in enumerate(engine.translate_text(buf, nbest=n_best, **settings)):
+                yield from (f"{done + i} ||| {h.text} ||| {h.score:.4f}\n" for h in hyps)
+            done += len(buf)
+            buf = []
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",

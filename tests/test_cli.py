@@ -172,3 +172,57 @@ def test_load_and_translate_in_python(run, monkeypatch):
     hyps = translator.translate(["Ein Mann läuft im Park.", "Eine Frau sitzt."], beam=2)
     assert len(hyps) == 2 and all(isinstance(h, str) for h in hyps)
     assert translator.translate([], beam=2) == []
+
+
+def test_translate_n_best_writes_k_scored_hypotheses_per_line(run, tmp_path):
+    lines = ["Ein Mann läuft im Park.", "Zwei Hunde spielen am Strand.", "Ein Kind lacht."]
+    (tmp_path / "in.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    common = ["--input", str(tmp_path / "in.de"), "--beam", "3", "--device", "cpu"]
+    assert main(["translate", str(run), *common, "--output", str(tmp_path / "best.en")]) == 0
+    assert main(["translate", str(run), *common, "--n-best", "3",
+                 "--output", str(tmp_path / "nbest.en")]) == 0
+    rows = [r.split(" ||| ") for r in (tmp_path / "nbest.en").read_text().splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    best = (tmp_path / "best.en").read_text().splitlines()
+    for i in range(3):
+        scores = [float(r[2]) for r in rows if int(r[0]) == i]
+        assert scores == sorted(scores, reverse=True)
+        assert rows[3 * i][1] == best[i]  # the first of the n-best is the 1-best
+    assert main(["translate", str(run), *common, "--n-best", "4"]) == 2  # more than the beam
+
+
+def test_average_writes_the_mean_checkpoint_that_evaluate_and_load_accept(run, tmp_path,
+                                                                         capsys):
+    from safetensors.torch import load_file
+
+    from gapless import load
+
+    assert main(["average", str(run), "--last", "2"]) == 0
+    ckpt = run / "checkpoints"
+    a, b = (load_file(str(ckpt / f"step_000000{u}" / "model.safetensors")) for u in (10, 20))
+    avg = load_file(str(ckpt / "averaged" / "model.safetensors"))
+    assert avg.keys() == a.keys()
+    for key in a:
+        if a[key].is_floating_point():
+            assert torch_close(avg[key], (a[key].double() + b[key].double()) / 2), key
+    state = json.loads((ckpt / "averaged" / "state.json").read_text())
+    assert state["averaged_updates"] == [10, 20]
+    translator = load(run, "averaged", device="cpu")
+    model = translator.model
+    assert model.output.weight is model.tgt_embed.weight  # ties survive the average
+    assert len(translator.translate(["Ein Mann läuft."], beam=2)) == 1
+    assert main(["evaluate", str(run), "--checkpoint", "averaged", "--beam", "1",
+                 "--device", "cpu"]) == 0
+    assert main(["average", str(run), "--updates", "10,20", "--name", "avg2"]) == 0
+    again = load_file(str(ckpt / "avg2" / "model.safetensors"))
+    assert all(torch_close(again[k], avg[k]) for k in avg)
+    capsys.readouterr()
+    assert main(["average", str(run), "--updates", "15"]) == 2
+    assert "no checkpoint of update(s) [15]" in capsys.readouterr().err
+    assert main(["average", str(run), "--last", "3"]) == 2
+
+
+def torch_close(x, y) -> bool:
+    import torch
+
+    return torch.allclose(x.double(), y.double(), atol=1e-6)

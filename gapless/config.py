@@ -266,13 +266,60 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}")
     if m.projections == "none" and head_dim * m.n_heads != m.d_model:
         problems.append("model.projections=none needs n_heads * head_dim == d_model")
-    if cfg.train.accum < 1:
-        problems.append("train.accum must be >= 1")
-    if cfg.train.max_tokens < 8:
-        problems.append("train.max_tokens must be >= 8")
-    if not 0 <= cfg.train.label_smoothing < 1:
-        problems.append("train.label_smoothing must be in [0, 1)")
+    problems += _range_problems(cfg)
+    if m.max_positions < cfg.data.max_len + 1:
+        problems.append(f"model.max_positions ({m.max_positions}) must be >= data.max_len + 1 "
+                        f"({cfg.data.max_len + 1}: a sentence plus BOS or EOS)")
+    if cfg.decode.nbest > cfg.decode.beam:
+        problems.append(f"decode.nbest ({cfg.decode.nbest}) must be <= decode.beam "
+                        f"({cfg.decode.beam})")
     problems += _strategy_problems(cfg.strategy)
+    return problems
+
+
+SPECIAL_IDS = 4  # PAD, UNK, BOS, EOS (gapless.data)
+MIN_VOCAB = SPECIAL_IDS + 12
+# "section.key": (lowest, highest, lowest allowed, highest allowed); None: no bound
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    **{f"model.{k}": (1, None, True, True) for k in ("d_model", "n_heads", "ffn_dim",
+                                                     "enc_layers", "dec_layers",
+                                                     "max_positions")},
+    **{f"model.{k}": (0, 1, True, False) for k in ("dropout", "attn_dropout", "act_dropout")},
+    "data.vocab_size": (MIN_VOCAB, None, True, True),
+    "data.character_coverage": (0, 1, False, True),
+    "data.max_len": (1, None, True, True),
+    **{f"train.{k}": (1, None, True, True) for k in ("accum", "max_updates", "max_epochs",
+                                                     "log_every", "valid_every", "save_every",
+                                                     "keep_last", "valid_beam")},
+    "train.max_tokens": (8, None, True, True),
+    "train.lr": (0, None, False, True),
+    "train.adam_eps": (0, None, False, True),
+    "train.label_smoothing": (0, 1, True, False),
+    **{f"train.{k}": (0, None, True, True) for k in ("warmup", "weight_decay", "clip_norm",
+                                                     "max_minutes", "valid_max_sentences",
+                                                     "patience", "threads")},
+    **{f"decode.{k}": (1, None, True, True) for k in ("beam", "batch_size", "nbest")},
+    **{f"decode.{k}": (0, None, True, True) for k in ("len_penalty", "max_len_a", "max_len_b",
+                                                      "min_len")},
+}
+
+
+def _range_problems(cfg: Config) -> list[str]:
+    """Every numeric setting outside its range (``RANGES``), all at once."""
+    problems = []
+    for dotted, (low, high, low_ok, high_ok) in RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        too_low = low is not None and (value < low if low_ok else value <= low)
+        too_high = high is not None and (value > high if high_ok else value >= high)
+        if too_low or too_high:
+            lo = "" if low is None else f"{'[' if low_ok else '('}{low:g}"
+            hi = "inf)" if high is None else f"{high:g}{']' if high_ok else ')'}"
+            problems.append(f"{dotted} = {value!r} is out of range {lo or '(-inf'}, {hi}")
+    if cfg.model.head_dim is not None and cfg.model.head_dim < 1:
+        problems.append(f"model.head_dim = {cfg.model.head_dim} must be >= 1 (or none)")
+    if any(not 0 <= b < 1 for b in cfg.train.betas) or len(cfg.train.betas) != 2:
+        problems.append(f"train.betas = {cfg.train.betas} must be two numbers in [0, 1)")
     return problems
 
 

@@ -342,3 +342,32 @@ def test_a_saved_run_config_of_the_old_names_still_loads(tmp_path, strategy, fie
     assert (cfg.strategy.linear_slope, cfg.strategy.or_nmt_mu) == (0.01, 50.0)
     with pytest.raises(ConfigError, match="renamed"):  # a hand-written config: an error
         C.load(tmp_path / "config.yaml")
+
+
+@pytest.mark.parametrize("dotted", sorted(C.RANGES))
+def test_every_numeric_setting_is_range_checked(dotted):
+    low, high, low_ok, high_ok = C.RANGES[dotted]
+    section, key = dotted.split(".")
+    is_int = isinstance(getattr(getattr(Config(), section), key), int)
+    step = 1 if is_int else 1e-3
+    bad = [low - step if low_ok else low] if low is not None else []
+    bad += [high + step if high_ok else high] if high is not None else []
+    for value in bad:
+        with pytest.raises(ConfigError, match=f"{dotted} = .* is out of range"):
+            C.from_dict(None, {dotted: value, "decode.nbest": 1, "decode.beam": 5}
+                        if not dotted.startswith("decode.") else {dotted: value})
+
+
+def test_range_problems_are_listed_all_at_once():
+    with pytest.raises(ConfigError) as exc:
+        C.from_dict(None, {"train.lr": -1, "train.log_every": 0, "data.vocab_size": 5,
+                           "model.max_positions": 4, "train.max_updates": -1})
+    text = errors(exc)
+    for key in ("train.lr", "train.log_every", "data.vocab_size", "train.max_updates",
+                "model.max_positions (4) must be >= data.max_len + 1"):
+        assert key in text, key
+
+
+def test_nbest_larger_than_the_beam_is_an_error():
+    with pytest.raises(ConfigError, match=r"decode.nbest \(6\) must be <= decode.beam \(5\)"):
+        C.from_dict(None, {"decode.nbest": 6})

@@ -19,16 +19,21 @@ checkpoint intact. Weights are never unpickled.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from . import config as config_mod
 from .config import Config
+from .verify import CheckpointError, digests, nonfinite, verify
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -63,7 +68,7 @@ class RunDir:
         """The run's resolved config (``config.yaml``), with ``overrides``."""
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.path}: not a run directory (no config.yaml)")
-        return config_mod.load(self.config, overrides, saved=True)
+        return config_mod.load(self.config, overrides, migrate=migrate_renamed)
 
     def mkdirs(self) -> None:
         for p in (self.path, self.data, self.checkpoints, self.eval):
@@ -74,9 +79,23 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def read_log(self) -> list[dict]:
+        """The log's records. A torn last line (a write cut short) is skipped with a warning;
+        a damaged line elsewhere is an error naming file:line."""
         if not self.log.is_file():
             return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        records = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if i < len(lines):
+                    raise CheckpointError(f"{self.log}:{i}: not a JSON record") from None
+                log.warning("%s:%d: skipping a torn last line (a write was cut short)",
+                            self.log, i)
+        return records
 
     def truncate_log(self, update: int) -> None:
         """Drop records written after ``update`` (a killed run resumes from its checkpoint)."""
@@ -86,12 +105,44 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoints
     def pointer(self, tag: str) -> Path | None:
-        """Directory of the checkpoint named by ``tag`` (last / best), or None."""
+        """Directory of the checkpoint named by ``tag`` (last / best), or None (no pointer,
+        an unreadable one, or one naming a folder that is gone)."""
         ptr = self.checkpoints / f"{tag}.json"
         if not ptr.is_file():
             return None
-        path = self.checkpoints / json.loads(ptr.read_text())["dir"]
+        try:
+            path = self.checkpoints / json.loads(ptr.read_text())["dir"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: unreadable pointer, ignored", ptr)
+            return None
         return path if (path / "model.safetensors").is_file() else None
+
+    def newest_verified(self, exclude: Path | None = None) -> Path | None:
+        """The newest ``step_*`` checkpoint that verifies (``gapless.verify``)."""
+        for path in reversed(self.steps()):
+            if path != exclude and verify(path) is None:
+                return path
+        return None
+
+    def resolve(self, tag_or_dir: str | Path) -> Path:
+        """The checkpoint folder of a tag (best, last, averaged, ...) or a folder, verified. A
+        damaged or missing ``last`` falls back to the newest checkpoint that verifies, saying
+        so; any other damaged checkpoint is an error that names the file and the newest intact
+        one."""
+        path = Path(tag_or_dir)
+        if not (path / "model.safetensors").is_file():
+            path = self.pointer(str(tag_or_dir))
+            if path is None and str(tag_or_dir) == "best":
+                path = self.pointer("last")  # no validation yet: the newest is the best known
+        problem = f"no checkpoint '{tag_or_dir}'" if path is None else verify(path)
+        if problem is None:
+            return path
+        fallback = self.newest_verified(exclude=path)
+        if str(tag_or_dir) == "last" and fallback is not None:
+            log.warning("%s; using %s, the newest checkpoint that verifies", problem, fallback)
+            return fallback
+        offer = f"; the newest intact checkpoint is {fallback}" if fallback else ""
+        raise CheckpointError(f"{self.checkpoints}: {problem}{offer}")
 
     def save(
         self,
@@ -107,12 +158,17 @@ class RunDir:
         tmp = self.checkpoints / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        bad = nonfinite(dict(model.named_parameters()))
+        if bad:
+            raise CheckpointError(f"refusing to save non-finite weights ({', '.join(bad[:5])})"
+                                  f"; the checkpoints in {self.checkpoints} are kept")
         save_model(model, str(tmp / "model.safetensors"))
         if optimizer is not None:
             tensors, meta = _flatten_optimizer(optimizer)
             tensors.update(_rng_tensors())
             save_file(tensors, str(tmp / "optim.safetensors"))
             state = {**state, "optimizer": meta, "python_random": _py_random_state()}
+        state = {**state, "files": digests(tmp)}
         (tmp / "state.json").write_text(json.dumps(state))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -133,6 +189,18 @@ class RunDir:
         # temp dirs of saves a kill interrupted (at steps that may never be saved again)
         for stale in self.checkpoints.glob(".step_*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
+
+    def discard_checkpoints(self) -> list[str]:
+        """Remove every checkpoint, pointer and the log (a deliberate start over); returns
+        what was there."""
+        gone = sorted(p.name for p in self.checkpoints.glob("*")) if self.checkpoints.is_dir() \
+            else []
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if self.log.is_file():
+            gone.append(self.log.name)
+            self.log.unlink()
+        return gone
 
     def steps(self) -> list[Path]:
         """The saved ``step_*`` checkpoints, oldest first."""
@@ -188,16 +256,20 @@ class RunDir:
         return final
 
     def load_weights(self, model: torch.nn.Module, tag_or_dir: str | Path = "best") -> Path:
-        path = Path(tag_or_dir)
-        if not (path / "model.safetensors").is_file():
-            path = self.pointer(str(tag_or_dir)) or self.pointer("last")
-        if path is None:
-            raise FileNotFoundError(f"{self.checkpoints}: no checkpoint '{tag_or_dir}'")
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        """Verified, finite weights of a checkpoint (``resolve``) into ``model``."""
+        path = self.resolve(tag_or_dir)
+        file = path / "model.safetensors"
+        try:
+            missing, unexpected = load_model(model, str(file), strict=False)
+        except (SafetensorError, OSError, RuntimeError) as exc:  # truncated or garbled
+            raise CheckpointError(f"{file}: unreadable ({exc})") from None
         if missing or unexpected:
             raise ValueError(
                 f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
             )
+        bad = nonfinite(dict(model.named_parameters()))
+        if bad:
+            raise CheckpointError(f"{file}: non-finite weights in {', '.join(bad[:5])}")
         return path
 
     def load_optimizer(self, optimizer, tag: str = "best") -> dict:
@@ -233,16 +305,39 @@ class RunDir:
         return True
 
     def load_training_state(self, model, optimizer) -> dict | None:
-        """Restore weights, optimizer and RNG from ``last``; returns the saved state or None."""
-        path = self.pointer("last")
-        if path is None:
+        """Restore weights, optimizer and RNG from ``last`` (or, when that pointer is missing
+        or damaged, the newest checkpoint that verifies); None when the run has none."""
+        if self.pointer("last") is None and not self.steps():
             return None
+        path = self.resolve("last")
         self.load_weights(model, path)
         state = json.loads((path / "state.json").read_text())
         tensors = load_file(str(path / "optim.safetensors"))
         _restore_optimizer(optimizer, tensors, state.pop("optimizer"))
         _restore_rng(tensors, state.pop("python_random"))
+        state.pop("files", None)
         return state
+
+
+def migrate_renamed(data: dict) -> dict:
+    """A config saved by an older gapless with the renamed schedule parameters in their new
+    names (``strategy.k`` goes to the parameter of the schedule the run used)."""
+    old = dict(data.get("strategy") or {})
+    if not {"k", "c", "mu"} & old.keys():
+        return data
+    name = old.get("schedule", "auto")
+    if name == "auto":
+        name = "inverse_sigmoid" if old.get("name") == "scheduled_sampling" else "or_nmt"
+    k_field = {"constant": "constant_p", "linear": "linear_start", "exponential": "exp_base",
+               "inverse_sigmoid": "sigmoid_k"}.get(name)
+    if "k" in old and k_field is not None:
+        old.setdefault(k_field, old["k"])
+    for before, after in (("c", "linear_slope"), ("mu", "or_nmt_mu")):
+        if before in old:
+            old.setdefault(after, old[before])
+    for before in ("k", "c", "mu"):
+        old.pop(before, None)
+    return {**data, "strategy": old}
 
 
 def _flatten_optimizer(optimizer) -> tuple[dict, dict]:

@@ -1,14 +1,17 @@
 """Command line: one subcommand = one library function; no logic here.
 
     gapless prepare   CONFIG [--run-dir DIR] [--section.key VALUE ...]
-    gapless train     CONFIG [--run-dir DIR] [--init-from RUN [--init-optimizer]] [--key VALUE ...]
+    gapless train     CONFIG [--run-dir DIR] [--init-from RUN [--init-optimizer]] [--restart]
+                      [--key VALUE ...]
     gapless translate RUN [--beam K] [--n-best K] [--input FILE] [--output FILE]  (stdin, stdout)
     gapless evaluate  RUN [--split test2016 ...] [--beam K] [--checkpoint best|last|NAME|DIR]
     gapless average   RUN [--last N | --updates U1,U2,...] [--name averaged]
+    gapless export    RUN --format ctranslate2 --out DIR [--quantization int8] [--force]
     gapless quickstart [--minutes M]
     gapless diagnose  RUN [--split S] [--max-sentences N] [--beams 1,4,10,50]
     gapless diagnose  --compare RUN_A RUN_B ... --out DIR
     gapless explain   [CLAIM ...] [--run RUN] [--out DIR] [--quick]
+    gapless serve     RUN [--host 127.0.0.1] [--port 8080] [--engine auto|gapless|ctranslate2]
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from .checkpoint import RunDir
 from .config import ConfigError
 from .data import CorpusError
+from .runlock import RunLocked
+from .training.trainer import NonFiniteLoss
+from .verify import CheckpointError
 
 
 def _config(args, overrides) -> tuple[config_mod.Config, Path]:
@@ -47,7 +52,8 @@ def cmd_train(args, overrides) -> int:
     from .training import train
 
     cfg, run_dir = _config(args, overrides)
-    state = train(cfg, run_dir, init_from=args.init_from, init_optimizer=args.init_optimizer)
+    state = train(cfg, run_dir, init_from=args.init_from, init_optimizer=args.init_optimizer,
+                  restart=args.restart)
     print(json.dumps({"run_dir": str(run_dir), "updates": state.update,
                       "stopped": state.stopped, "best_valid_bleu": state.best_bleu,
                       "minutes": round(state.elapsed_s / 60, 2)}))
@@ -76,9 +82,10 @@ def _decode_kwargs(args) -> dict:
 
 
 def cmd_translate(args, overrides) -> int:
-    from .inference import load, nbest_lines
+    from .export import load_engine
+    from .inference import nbest_lines
 
-    translator = load(args.run, args.checkpoint, args.device, args.dtype)
+    translator = load_engine(args.run, args.engine, args.checkpoint, args.device, args.dtype)
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(open(args.input, encoding="utf-8")) if args.input else sys.stdin
         out = (stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output
@@ -96,15 +103,25 @@ def cmd_translate(args, overrides) -> int:
 
 def cmd_evaluate(args, overrides) -> int:
     from .evaluate import evaluate
+    from .export import engine_config, load_engine
 
-    cfg = RunDir(args.run).load_config()
-    for split in args.split or cfg.data.test_splits:
+    engine = load_engine(args.run, args.engine, args.checkpoint, args.device, args.dtype)
+    for split in args.split or engine_config(engine).data.test_splits:
         result = evaluate(args.run, split, args.checkpoint, args.device, args.dtype,
-                          **_decode_kwargs(args))
+                          translator=engine, **_decode_kwargs(args))
         print(f"{split}: BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  "
               f"({result['sentences']} sentences, {result['sentences_per_second']} sent/s)")
         print(f"  {result['bleu_signature']}")
         print(f"  {result['chrf_signature']}")
+    return 0
+
+
+def cmd_export(args, overrides) -> int:
+    from .export import export
+
+    out = export(args.run, args.out, args.checkpoint, args.quantization, args.force)
+    print(json.dumps({"export": str(out), "format": args.format,
+                      "quantization": args.quantization, "use": f"gapless translate {out}"}))
     return 0
 
 
@@ -141,6 +158,36 @@ def cmd_quickstart(args, overrides) -> int:
     return 0
 
 
+def cmd_serve(args, overrides) -> int:
+    from . import serve
+
+    settings = serve.ServeSettings(
+        host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
+        max_wait_ms=args.max_wait_ms, max_sentences=args.max_sentences,
+        max_chars=args.max_chars, max_beam=args.max_beam)
+    serve.serve_run(args.run, settings, checkpoint=args.checkpoint, device=args.device,
+                    dtype=args.dtype, engine=args.engine)
+    return 0
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run directory (or an exported model, with --engine)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint directory")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--engine", default="auto", choices=["auto", "gapless", "ctranslate2"])
+    p.add_argument("--max-batch-tokens", type=int, default=4096,
+                   help="source pieces in one merged search batch")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its batch")
+    p.add_argument("--max-sentences", type=int, default=64, help="per request (more: 413)")
+    p.add_argument("--max-chars", type=int, default=10000, help="per request (more: 413)")
+    p.add_argument("--max-beam", type=int, default=16, help="the largest beam a request may ask")
+    p.set_defaults(fn=cmd_serve)
+
+
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint directory")
     p.add_argument("--beam", type=int)
@@ -151,17 +198,16 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--engine", default="auto", choices=["auto", "gapless", "ctranslate2"],
+                   help="auto: ctranslate2 for a directory written by gapless export")
     p.add_argument("--sample", action="store_true", help="ancestral sampling instead of search")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gapless", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_run_commands(sub) -> None:
+    """prepare, train: a config in, a run directory out."""
     for name, fn, help_ in (("prepare", cmd_prepare, "SentencePiece + checked corpus"),
                             ("train", cmd_train, "train or resume a run")):
         p = sub.add_parser(name, help=help_)
@@ -170,11 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--init-from", help="start from this run's best weights and "
                            "vocabulary (fine-tune; fresh optimizer, schedules from update 0)")
+            p.add_argument("--restart", action="store_true",
+                           help="start over, discarding the run's checkpoints and log")
             p.add_argument("--init-optimizer", action="store_true",
                            help="with --init-from: also take the base's Adam state")
         else:
             p.add_argument("--force", action="store_true", help="prepare again")
         p.set_defaults(fn=fn)
+
+
+def _add_model_commands(sub) -> None:
+    """translate, average, evaluate: a trained run in."""
     p = sub.add_parser("translate", help="translate stdin or a file")
     p.add_argument("run")
     p.add_argument("--input")
@@ -195,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="append")
     _add_decode_args(p)
     p.set_defaults(fn=cmd_evaluate)
+    p = sub.add_parser("export", help="write a run's checkpoint as a CTranslate2 model")
+    p.add_argument("run")
+    p.add_argument("--format", default="ctranslate2", choices=["ctranslate2"])
+    p.add_argument("--out", required=True, help="the model directory to write")
+    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint directory")
+    p.add_argument("--quantization", default="float32",
+                   choices=["float32", "bfloat16", "int8", "int8_float32", "int8_bfloat16"])
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(fn=cmd_export)
+
+
+def _add_analysis_commands(sub) -> None:
+    """diagnose, explain, quickstart."""
     p = sub.add_parser("diagnose", help="exposure-bias report of a run (or --compare runs)")
     p.add_argument("run", nargs="?")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="several runs on the same plots")
@@ -219,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--run-dir")
     p.set_defaults(fn=cmd_quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gapless", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_model_commands(sub)
+    _add_analysis_commands(sub)
+    _add_serve_args(sub.add_parser("serve", help="HTTP translation server and web page"))
     return parser
 
 
@@ -231,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.fn(args, rest)
-    except (ConfigError, CorpusError, FileNotFoundError) as exc:
+    except (ConfigError, CorpusError, FileNotFoundError, CheckpointError, RunLocked,
+            NonFiniteLoss) as exc:
         print(f"gapless: error: {exc}", file=sys.stderr)
         return 2

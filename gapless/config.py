@@ -94,6 +94,7 @@ class TrainConfig:
     dtype: str = "bf16"  # bf16: autocast, fp32 master weights
     device: str = "auto"
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    nonfinite: str = "stop"  # a NaN/inf loss: stop before any checkpoint, or skip the update
     progress: bool = True
 
 
@@ -233,6 +234,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.bad_pairs": ("drop", "error"),
     "train.dtype": ("bf16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.nonfinite": ("stop", "skip"),
     "strategy.schedule_unit": ("auto", "update", "epoch"),
     "strategy.mix_unit": ("token", "sentence", "batch"),
 }
@@ -447,32 +449,11 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def migrate(data: dict) -> dict:
-    """A config saved by an older gapless with the renamed schedule parameters in their new
-    names (``strategy.k`` goes to the parameter of the schedule the run used)."""
-    old = dict(data.get("strategy") or {})
-    if not {"k", "c", "mu"} & old.keys():
-        return data
-    name = old.get("schedule", "auto")
-    if name == "auto":
-        name = "inverse_sigmoid" if old.get("name") == "scheduled_sampling" else "or_nmt"
-    k_field = {"constant": "constant_p", "linear": "linear_start", "exponential": "exp_base",
-               "inverse_sigmoid": "sigmoid_k"}.get(name)
-    if "k" in old and k_field is not None:
-        old.setdefault(k_field, old["k"])
-    for before, after in (("c", "linear_slope"), ("mu", "or_nmt_mu")):
-        if before in old:
-            old.setdefault(after, old[before])
-    for before in ("k", "c", "mu"):
-        old.pop(before, None)
-    return {**data, "strategy": old}
-
-
 def load(path: str | Path | None, overrides: list[str] | dict | None = None,
-         saved: bool = False) -> Config:
+         migrate=None) -> Config:
     """Read a YAML config (only the differences from the defaults, or from its ``base``) and
     apply overrides. ``path`` may also name a preset (``tiny``, ``multi30k_de_en``, ...).
-    ``saved``: a run's own config.yaml, written by any gapless version (old names migrated)."""
+    ``migrate``: a function applied to the file's data first (old names of a saved run)."""
     if path is None:
         return from_dict({}, overrides)
     path = Path(path)
@@ -481,7 +462,7 @@ def load(path: str | Path | None, overrides: list[str] | dict | None = None,
             raise ConfigError(f"config file not found: {path}")
         path = preset_path(str(path))
     data = _read_yaml(path)
-    if saved and isinstance(data, dict):
+    if migrate is not None and isinstance(data, dict):
         data = migrate(data)
     try:
         return from_dict(data, overrides)

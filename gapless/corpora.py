@@ -9,7 +9,6 @@ as ``<split>.<lang>`` files.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import random
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import CorpusError
+from .verify import digest
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +189,7 @@ def corpus_available(corpus: str, split: str, src: str, tgt: str, data_dir=None)
 # download (users online); tested against a loopback server
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = digest  # of a downloaded file, checked against the expected one
 
 
 def download_multi30k(

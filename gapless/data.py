@@ -7,7 +7,7 @@ the target becomes ``tgt_in = [BOS, y1..yn]`` and ``tgt_out = [y1..yn, EOS]``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +26,15 @@ class CorpusError(ValueError):
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """All lines of a UTF-8 file without their line ends; errors name the file and line."""
+    """All lines of a UTF-8 file without their line ends (split on ``\n`` only, a ``\r``
+    before it dropped); a byte-order mark at the start is removed; errors name the file and
+    line."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: file not found")
     raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not text
+        raw = raw[3:]
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -124,22 +128,43 @@ class Vocab:
 # encoded, checked parallel data
 
 
+DROP_REASONS = {"empty": "with an empty side", "too_long": "longer than the length limit",
+                "nul": "with a NUL byte"}
+
+
 @dataclass
 class FilterReport:
-    """What a filter kept and dropped, and where the first drop was."""
+    """What a filter kept and dropped (a count per reason of ``DROP_REASONS``), and where the
+    first drop was."""
 
     read: int = 0
     kept: int = 0
-    empty: int = 0
-    too_long: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     first_dropped: str = ""
 
+    def drop(self, kind: str, problem: str) -> None:
+        self.dropped[kind] += 1
+        self.first_dropped = self.first_dropped or problem
+
     def summary(self) -> str:
-        return (
-            f"kept {self.kept} of {self.read} pairs; dropped {self.empty} with an empty side, "
-            f"{self.too_long} longer than the length limit"
-            + (f" (first: {self.first_dropped})" if self.first_dropped else "")
-        )
+        drops = ", ".join(f"{n} {DROP_REASONS[k]}" for k, n in self.dropped.items())
+        return (f"kept {self.kept} of {self.read} pairs; dropped {drops}"
+                + (f" (first: {self.first_dropped})" if self.first_dropped else ""))
+
+
+def _pair_problem(i: int, lines: tuple[str, str], ids: tuple[list, list],
+                  names: tuple[str, str], max_len: int) -> tuple[str, str]:
+    """(what is wrong with pair ``i``, its FilterReport counter) or ("", "")."""
+    for side, line in zip(names, lines):
+        if "\x00" in line:
+            return f"{side}:{i}: a NUL byte in the line", "nul"
+    for side, line in zip(names, lines):
+        if not line.strip():
+            return f"{side}:{i}: empty line", "empty"
+    for side, seq in zip(names, ids):
+        if len(seq) + 1 > max_len:
+            return f"{side}:{i}: {len(seq) + 1} tokens > max_len {max_len}", "too_long"
+    return "", ""
 
 
 class ParallelData:
@@ -170,22 +195,19 @@ class ParallelData:
         report = FilterReport(read=len(src_lines))
         keep_src, keep_tgt = [], []
         for i, (s_line, t_line, s, t) in enumerate(zip(src_lines, tgt_lines, src_ids, tgt_ids), 1):
-            problem = ""
-            if filter_pairs:
-                if not s_line.strip() or not t_line.strip():
-                    side = names[0] if not s_line.strip() else names[1]
-                    problem, kind = f"{side}:{i}: empty line", "empty"
-                elif len(s) + 1 > max_len or len(t) + 1 > max_len:
-                    side, n = (names[0], len(s)) if len(s) + 1 > max_len else (names[1], len(t))
-                    problem = f"{side}:{i}: {n + 1} tokens > max_len {max_len}"
-                    kind = "too_long"
+            problem, kind = _pair_problem(i, (s_line, t_line), (s, t), names, max_len)
+            if problem and not filter_pairs:
+                if kind == "empty":
+                    problem = ""  # evaluation data keeps blank lines (line alignment)
+                else:
+                    raise CorpusError(problem + " (evaluation data is never filtered: raise "
+                                      "data.max_len or fix the line)")
             if problem:
                 if bad_pairs == "error":
                     raise CorpusError(
                         problem + " (set data.bad_pairs: drop to filter such pairs and count them)"
                     )
-                setattr(report, kind, getattr(report, kind) + 1)
-                report.first_dropped = report.first_dropped or problem
+                report.drop(kind, problem)
                 continue
             keep_src.append(np.asarray(s, dtype=np.int32))
             keep_tgt.append(np.asarray(t, dtype=np.int32))

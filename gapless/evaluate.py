@@ -6,16 +6,17 @@ import json
 import time
 from pathlib import Path
 
+from . import config as config_mod
 from .checkpoint import RunDir, atomic_write_text
 from .config import DataConfig
 from .corpora import split_paths
 from .data import read_parallel
-from .inference import Translator, load
+from .inference import Engine, load
 from .metrics import corpus_scores
 
 
 def score_split(
-    translator: Translator, data: DataConfig, split: str, **decode_kwargs
+    translator: Engine, data: DataConfig, split: str, **decode_kwargs
 ) -> tuple[dict, list[str]]:
     """Translate ``split`` of corpus ``data.corpus`` (or ``CORPUS:SPLIT``) and score it against
     the raw references: (result with BLEU, chrF, signatures and speed; hypotheses)."""
@@ -40,17 +41,21 @@ def score_split(
 
 def evaluate(
     run_dir: str | Path, split: str, checkpoint: str = "best", device: str = "auto",
-    dtype: str = "fp32", translator: Translator | None = None, **decode_kwargs,
+    dtype: str = "fp32", translator: Engine | None = None, **decode_kwargs,
 ) -> dict:
     """Translate a split of the run's corpus, score BLEU + chrF (with signatures) against the raw
     references, and write ``eval/<split>.hyp`` and ``eval/<split>.json``. ``split`` may name
     another corpus as ``CORPUS:SPLIT`` (e.g. ``multi30k:test2016`` for a model fine-tuned on
-    another domain). ``translator``: an already loaded model (several splits, one load)."""
+    another domain). ``translator``: an already loaded model (several splits, one load), any
+    Engine; for an exported CTranslate2 directory the config comes from its description."""
     run = RunDir(run_dir)
     translator = translator or load(run_dir, checkpoint, device, dtype)
-    cfg = run.load_config()
+    described = translator.describe()
+    cfg = (run.load_config() if run.config.is_file() or "config" not in described
+           else config_mod.from_dict(described["config"]))
     result, hyps = score_split(translator, cfg.data, split, **decode_kwargs)
     result["decode"] = {**cfg.decode.__dict__, **decode_kwargs}
+    result["engine"], result["checkpoint"] = described.get("engine"), described.get("checkpoint")
     name = result["split"] = split.replace(":", ".")  # the file name
     run.eval.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.eval / f"{name}.hyp", "".join(h + "\n" for h in hyps))

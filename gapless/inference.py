@@ -100,20 +100,10 @@ def search_batches(src: list[list[int]], settings: DecodeConfig, max_positions: 
         yield SearchBatch(idx, src_t, Limits.of(len(idx), max_len, settings.min_len, device))
 
 
-class Translator:
-    """A trained model + its SentencePiece model, ready to translate text (the generator:
-    batching and limits here, the search policy in ``gapless.decode``)."""
-
-    def __init__(self, model: Transformer, vocab: Vocab | None, decode: DecodeConfig, device,
-                 dtype: str = "fp32", stepper: StepperFactory = ModelStepper):
-        self.model = model.to(device).eval()
-        self.vocab, self.decode_cfg, self.device = vocab, decode, device
-        self.stepper = stepper
-        # bf16 on fp32 weights (validation during training): autocast; a model cast to bf16 by
-        # ``load`` runs natively, without autocast re-casting every weight at every step
-        weights_fp32 = next(model.parameters()).dtype == torch.float32
-        self.dtype = dtype if weights_fp32 else "fp32"
-        self.source: dict = {}  # where the weights came from (``load`` fills it in)
+class TextEngine:
+    """Text in, text out, over ``translate_nbest`` (token ids -> each sentence's n-best
+    ``Hypothesis`` list) that a subclass implements with its ``vocab`` (SentencePiece)
+    and ``decode_cfg`` (the run's decode settings)."""
 
     def settings(self, **overrides) -> DecodeConfig:
         """The run's decode settings with ``overrides`` (``beam=5``, ``len_penalty=0.6``, ...;
@@ -130,6 +120,49 @@ class Translator:
         """Token ids (without EOS) -> best hypothesis ids, in input order. ``sampling``:
         ``make_sampler`` arguments instead of a search."""
         return [h[0].tokens if h else [] for h in self.translate_nbest(src, sampling, **overrides)]
+
+    def translate_nbest(self, src: list[list[int]], sampling: dict | None = None,
+                        **overrides) -> list[list[Hypothesis]]:
+        raise NotImplementedError
+
+    def translate(self, lines: list[str], **kwargs) -> list[str]:
+        """Raw sentences -> detokenised translations (same order)."""
+        ids = self.translate_ids(self.vocab.encode(list(lines)), **kwargs)
+        return self.vocab.decode(ids)
+
+    def translate_text(self, lines: list[str], **settings) -> list[list[Translation]]:
+        """Raw sentences -> each one's ``nbest`` translations with their scores, best first."""
+        nbest = self.translate_nbest(self.vocab.encode(list(lines)), **settings)
+        texts = iter(self.vocab.decode([h.tokens for hyps in nbest for h in hyps]))
+        return [[Translation(next(texts), h.score, h.log_prob, len(h.tokens)) for h in hyps]
+                for hyps in nbest]
+
+    def translate_stream(self, lines: Iterable[str], chunk: int = 1000, **kwargs):
+        """Yield translations of a (possibly endless) line stream, ``chunk`` lines at a time."""
+        buf: list[str] = []
+        for line in lines:
+            buf.append(line.rstrip("\n"))
+            if len(buf) >= chunk:
+                yield from self.translate(buf, **kwargs)
+                buf = []
+        if buf:
+            yield from self.translate(buf, **kwargs)
+
+
+class Translator(TextEngine):
+    """A trained model + its SentencePiece model, ready to translate text (the generator:
+    batching and limits here, the search policy in ``gapless.decode``)."""
+
+    def __init__(self, model: Transformer, vocab: Vocab | None, decode: DecodeConfig, device,
+                 dtype: str = "fp32", stepper: StepperFactory = ModelStepper):
+        self.model = model.to(device).eval()
+        self.vocab, self.decode_cfg, self.device = vocab, decode, device
+        self.stepper = stepper
+        # bf16 on fp32 weights (validation during training): autocast; a model cast to bf16 by
+        # ``load`` runs natively, without autocast re-casting every weight at every step
+        weights_fp32 = next(model.parameters()).dtype == torch.float32
+        self.dtype = dtype if weights_fp32 else "fp32"
+        self.source: dict = {}  # where the weights came from (``load`` fills it in)
 
     def translate_nbest(self, src: list[list[int]], sampling: dict | None = None,
                         **overrides) -> list[list[Hypothesis]]:
@@ -166,34 +199,11 @@ class Translator:
         """Source pieces the model's positions allow (EOS takes one)."""
         return self.model.cfg.max_positions - 1
 
-    def translate(self, lines: list[str], **kwargs) -> list[str]:
-        """Raw sentences -> detokenised translations (same order)."""
-        ids = self.translate_ids(self.vocab.encode(list(lines)), **kwargs)
-        return self.vocab.decode(ids)
-
-    def translate_text(self, lines: list[str], **settings) -> list[list[Translation]]:
-        """Raw sentences -> each one's ``nbest`` translations with their scores, best first."""
-        nbest = self.translate_nbest(self.vocab.encode(list(lines)), **settings)
-        texts = iter(self.vocab.decode([h.tokens for hyps in nbest for h in hyps]))
-        return [[Translation(next(texts), h.score, h.log_prob, len(h.tokens)) for h in hyps]
-                for hyps in nbest]
-
     def describe(self) -> dict:
         weights = next(self.model.parameters()).dtype
         return {"engine": self.name, "device": str(self.device),
                 "dtype": "bf16" if weights == torch.bfloat16 else self.dtype,
                 "parameters": sum(p.numel() for p in self.model.parameters()), **self.source}
-
-    def translate_stream(self, lines: Iterable[str], chunk: int = 1000, **kwargs):
-        """Yield translations of a (possibly endless) line stream, ``chunk`` lines at a time."""
-        buf: list[str] = []
-        for line in lines:
-            buf.append(line.rstrip("\n"))
-            if len(buf) >= chunk:
-                yield from self.translate(buf, **kwargs)
-                buf = []
-        if buf:
-            yield from self.translate(buf, **kwargs)
 
 
 def nbest_lines(engine: Engine, lines: Iterable[str], n_best: int, chunk: int = 1000,

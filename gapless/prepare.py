@@ -89,14 +89,18 @@ def prepare(
             return _reuse(run, report, (valid_src_path, valid_tgt_path))
         log.warning("data settings changed since the last prepare: preparing again")
     src_lines, tgt_lines = read_parallel(train_src, train_tgt)
-    if not src_lines:
-        raise CorpusError(f"{train_src}: the training split is empty")
+    for path, lines in ((train_src, src_lines), (train_tgt, tgt_lines)):
+        if not any(line.strip() for line in lines):
+            raise CorpusError(f"{path}: the training split has no non-blank line")
     vocab = _vocabulary(cfg, run, src_lines + tgt_lines, vocab_from)
     train, train_report = ParallelData.from_text(
         vocab, src_lines, tgt_lines, cfg.data.max_len, cfg.data.bad_pairs,
         names=(str(train_src), str(train_tgt)),
     )
     v_src, v_ref = read_parallel(valid_src_path, valid_tgt_path)
+    if not any(line.strip() for line in v_src) or not any(line.strip() for line in v_ref):
+        raise CorpusError(f"{valid_src_path}, {valid_tgt_path}: the validation split has no "
+                          "non-blank pair (its BLEU would say nothing)")
     valid, _ = ParallelData.from_text(
         vocab, v_src, v_ref, cfg.data.max_len, "drop", filter_pairs=False,
         names=(str(valid_src_path), str(valid_tgt_path)),

@@ -117,7 +117,8 @@ def test_from_text_drop_counts(vocab):
     tgt[3] = " ".join(EN)  # too long (line 4)
     src[6] = " ".join(DE)  # too long (line 7)
     data, report = ParallelData.from_text(vocab, src, tgt, 30, "drop", names=("s.de", "t.en"))
-    assert (report.read, report.kept, report.empty, report.too_long) == (8, 5, 1, 2)
+    assert (report.read, report.kept, report.dropped["empty"], report.dropped["too_long"]) == (
+        8, 5, 1, 2)
     assert report.first_dropped.startswith("s.de:2: empty line")
     assert len(data) == 5
     assert "kept 5 of 8" in report.summary()
@@ -127,11 +128,46 @@ def test_from_text_drop_counts(vocab):
 
 
 def test_from_text_no_filter_for_evaluation_data(vocab):
+    """Evaluation data keeps every line (blank ones too: line alignment); a line it cannot
+    encode within data.max_len or one with a NUL byte is an error naming file:line."""
     src, tgt = DE[:], EN[:]
     src[0] = ""
-    tgt[1] = " ".join(EN)
     data, report = ParallelData.from_text(vocab, src, tgt, 30, "error", filter_pairs=False)
     assert len(data) == 8 and report.kept == 8
+    tgt[1] = " ".join(EN)
+    with pytest.raises(CorpusError, match=r"valid.en:2: \d+ tokens > max_len 30.*data.max_len"):
+        ParallelData.from_text(vocab, src, tgt, 30, "drop", names=("valid.de", "valid.en"),
+                               filter_pairs=False)
+    tgt[1] = "a\x00b"
+    with pytest.raises(CorpusError, match="valid.en:2: a NUL byte"):
+        ParallelData.from_text(vocab, src, tgt, 30, "drop", names=("valid.de", "valid.en"),
+                               filter_pairs=False)
+
+
+def test_training_pairs_with_a_nul_byte_are_dropped_and_counted(vocab):
+    src, tgt = DE[:], EN[:]
+    src[3] = "ein\x00hund"
+    data, report = ParallelData.from_text(vocab, src, tgt, 30, "drop", names=("t.de", "t.en"))
+    assert report.dropped["nul"] == 1 and len(data) == len(DE) - 1 and "t.de:4: a NUL" in report.first_dropped
+    assert "1 with a NUL byte" in report.summary()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    path = tmp_path / "ref.en"
+    path.write_bytes("\ufeffA dog runs.\nA cat sits.\n".encode())
+    assert read_lines(path) == ["A dog runs.", "A cat sits."]
+
+
+def test_blank_training_or_validation_splits_get_our_error(tmp_path):
+    cfg, corpus = _corpus_cfg(tmp_path, ["", "  "], ["", ""])
+    with pytest.raises(CorpusError, match="train.de: the training split has no non-blank line"):
+        prepare(cfg, tmp_path / "run")
+    write(corpus / "train.de", DE)
+    write(corpus / "train.en", EN)
+    write(corpus / "valid.de", ["", ""])
+    write(corpus / "valid.en", ["", ""])
+    with pytest.raises(CorpusError, match="the validation split has no non-blank pair"):
+        prepare(cfg, tmp_path / "run")
 
 
 def test_from_text_nothing_left(vocab):
@@ -167,7 +203,8 @@ def test_prepare_drop_reports_counts(tmp_path):
     cfg, corpus = _corpus_cfg(tmp_path, de, en, bad_pairs="drop")
     prep = prepare(cfg, tmp_path / "run")
     rep = prep.report["train"]
-    assert (rep["read"], rep["kept"], rep["empty"], rep["too_long"]) == (24, 21, 2, 1)
+    assert (rep["read"], rep["kept"], rep["dropped"]["empty"], rep["dropped"]["too_long"]) == (
+        24, 21, 2, 1)
     assert rep["first_dropped"] == f"{corpus / 'train.en'}:10: empty line"
     assert len(prep.train) == 21 and len(prep.valid) == 3
     # a second prepare reuses the files; a changed data setting prepares again
@@ -175,7 +212,7 @@ def test_prepare_drop_reports_counts(tmp_path):
     assert again.report == prep.report
     cfg.data.max_len = 1000
     changed = prepare(cfg, tmp_path / "run")
-    assert changed.report["train"]["too_long"] == 0
+    assert changed.report["train"]["dropped"]["too_long"] == 0
 
 
 def test_prepare_line_mismatch(tmp_path):

@@ -17,12 +17,12 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "gapless"
 
 LAYERS = [
-    {"config", "metrics", "dropout", "runtime", "packing"},
+    {"config", "metrics", "dropout", "runtime", "packing", "verify", "runlock", "textio"},
     {"presets", "layers", "data", "schedules", "checkpoint"},
     {"model", "corpora", "decode"},
     {"strategies", "prepare", "inference"},
-    {"evaluate", "training"},
-    {"analysis"},
+    {"evaluate", "training", "export"},
+    {"analysis", "serve"},
     {"quickstart"},
     {"cli"},
 ]

@@ -28,6 +28,14 @@ class Distributed:
         if self.world > 1:
             dist.barrier()
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on some rank."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device_type)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def broadcast_flag(self, flag: bool) -> bool:
         if self.world == 1:
             return flag

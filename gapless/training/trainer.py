@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ from ..config import Config
 from ..data import collate, token_batches
 from ..model import Transformer
 from ..prepare import Prepared, prepare
+from ..runlock import RunLock
 from ..runtime import autocast, release_free_memory, resolve_device
 from ..strategies import Progress, build_strategy
+from ..verify import CheckpointError
 from .criterion import Criterion
 from .distributed import Distributed, training_device
 from .optim import build_optimizer, inverse_sqrt, set_lr
@@ -38,7 +41,7 @@ from .validation import validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainState", "Trainer", "train"]
+__all__ = ["NonFiniteLoss", "TrainState", "Trainer", "train"]
 
 
 @dataclass
@@ -65,15 +68,20 @@ def _check_same_model(cfg: Config, base: Path) -> None:
         raise config_mod.ConfigError("--init-from needs the same model:\n  " + "\n  ".join(diff))
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training met a NaN or inf loss under ``train.nonfinite: stop``."""
+
+
 class Trainer:
     """Training state on one object: run, model, optimizer, strategy, state, distributed
     context. ``fit`` trains (or resumes) to the end; ``train_update`` is one update."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, init_from: str | Path | None = None,
-                 init_optimizer: bool = False):
+                 init_optimizer: bool = False, restart: bool = False):
         """``init_from``: start from that run's best weights and its vocabulary (fine-tuning),
-        with a fresh optimizer unless ``init_optimizer``; schedules count from update 0."""
-        self.cfg, self.t = cfg, cfg.train
+        with a fresh optimizer unless ``init_optimizer``; schedules count from update 0.
+        ``restart``: start over, discarding the run's checkpoints and log."""
+        self.cfg, self.t, self.restart = cfg, cfg.train, restart
         device = resolve_device(self.t.device)
         if self.t.threads:
             torch.set_num_threads(self.t.threads)
@@ -124,7 +132,7 @@ class Trainer:
     def _resume(self, init_record: dict | None) -> TrainState:
         """The state of the last checkpoint (weights, optimizer and RNG restored), or a fresh
         one; the log is cut back to the resumed update."""
-        saved = self.run.load_training_state(self.model, self.optimizer)
+        saved = self._saved_state()
         if saved is None:
             if self.ddp.main:
                 self.run.truncate_log(-1)  # records of a run killed before its first save go
@@ -144,6 +152,20 @@ class Trainer:
         elif self._out_of_time(state):
             state.stopped = state.stopped or "max_minutes"
         return state
+
+    def _saved_state(self) -> dict | None:
+        """The last checkpoint's state (weights, optimizer, RNG restored), or None to start
+        over: a run without checkpoints, or ``restart``, which says what it discards."""
+        if self.restart and self.ddp.main:
+            gone = self.run.discard_checkpoints()
+            if gone:
+                log.warning("--restart: discarded %s and the log", ", ".join(gone))
+        self.ddp.barrier()
+        try:
+            return self.run.load_training_state(self.model, self.optimizer)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; no checkpoint of this run can be resumed: "
+                                  "--restart starts over, discarding them") from None
 
     def _log_init(self, record: dict) -> None:
         """The decay counter restarts with the fine-tune: said, not silent (methods.md 4.4)."""
@@ -191,8 +213,10 @@ class Trainer:
         n_groups = (len(batches) // group_size if self.ddp.world > 1
                     else math.ceil(len(batches) / group_size))
         for g in range(state.group_in_epoch, n_groups):
-            self.train_update(batches[g * group_size: (g + 1) * group_size])
+            stepped = self.train_update(batches[g * group_size: (g + 1) * group_size])
             state.group_in_epoch = g + 1
+            if not stepped:
+                continue
             self._after_update()
             if state.stopped:
                 return
@@ -202,14 +226,16 @@ class Trainer:
             state.stopped = "max_epochs"
             self.checkpoint(("last",))
 
-    def train_update(self, group: list[np.ndarray]) -> None:
-        """One update from one group of micro-batches (this rank's share of it)."""
+    def train_update(self, group: list[np.ndarray]) -> bool:
+        """One update from one group of micro-batches (this rank's share of it); False when
+        a non-finite loss made it skip (``train.nonfinite: skip``)."""
         state, data, ddp = self.state, self.prep.train, self.ddp
         mine = group[ddp.rank:: ddp.world]
         group_tokens = sum(int(data.tgt_lens[idx].sum()) for idx in group)
         lr = inverse_sqrt(state.update + 1, self.t.lr, self.t.warmup)
         set_lr(self.optimizer, lr)
         progress = Progress(state.update, state.epoch)
+        outputs = []
         for k, idx in enumerate(mine):
             batch = collate(data, idx).to(self.device)
             sync = contextlib.nullcontext()
@@ -220,6 +246,10 @@ class Trainer:
                     loss, _, logging_output = self.step_module(batch, progress)
                 # DDP averages gradients over ranks: scale so the update is sum / group tokens
                 (loss * ddp.world / group_tokens).backward()
+            outputs.append(logging_output)
+        if not self._finite(outputs):
+            return False
+        for logging_output in outputs:
             self.interval.add(logging_output)
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.clip_norm)
                      if self.t.clip_norm > 0 else None)
@@ -231,6 +261,26 @@ class Trainer:
         state.elapsed_s = time.perf_counter() - self.run_start
         if self.bar is not None:
             self.bar.update(1)
+        return True
+
+    def _finite(self, outputs: list[dict]) -> bool:
+        """Whether this update's loss is finite on every rank. If not: stop before any
+        checkpoint is written (``train.nonfinite: stop``), or drop the gradients and count
+        the skipped update (``skip``, as fairseq does on overflow)."""
+        total = float(sum(o["loss"] for o in outputs))  # one device sync per update
+        if not self.ddp.any(not math.isfinite(total)):
+            return True
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.t.nonfinite == "stop":
+            last = self.run.pointer("last")
+            raise NonFiniteLoss(f"non-finite loss at update {self.state.update + 1}: stopped "
+                                f"before writing a checkpoint (the last one, {last}, is "
+                                "intact); train.nonfinite=skip skips such updates instead")
+        skipped = self.state.extra.get("skipped_updates", 0) + 1
+        self.state.extra["skipped_updates"] = skipped
+        log.warning("non-finite loss at update %d: update skipped (%d so far)",
+                    self.state.update + 1, skipped)
+        return False
 
     def _after_update(self) -> None:
         """Logging, validation / checkpoint and the stop conditions after an update."""
@@ -313,6 +363,9 @@ class Trainer:
 
 
 def train(cfg: Config, run_dir: str | Path, init_from: str | Path | None = None,
-          init_optimizer: bool = False) -> TrainState:
-    """Train (or resume) the run in ``run_dir``; returns the final state (see ``Trainer``)."""
-    return Trainer(cfg, run_dir, init_from, init_optimizer).fit()
+          init_optimizer: bool = False, restart: bool = False) -> TrainState:
+    """Train (or resume) the run in ``run_dir`` under its lock (rank 0 holds it); returns the
+    final state (see ``Trainer``)."""
+    lock = RunLock(run_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with lock:
+        return Trainer(cfg, run_dir, init_from, init_optimizer, restart).fit()

@@ -1,0 +1,239 @@
+"""Dynamic batching: the sentences of concurrent requests with the same decode settings are
+merged into one search batch, run by the one worker thread that owns the engine, and each
+request's translations return to its caller in order.
+
+Requests wait in an inbox; the worker takes them, prepares their sources (piece counts,
+truncation) and runs the oldest request's settings group once it holds ``max_batch_tokens``
+source pieces or its oldest request has waited ``max_wait_ms``. A request whose caller is gone
+(its task cancelled: the client disconnected) is dropped before its batch runs. Results are
+handed back with ``loop.call_soon_threadsafe``; a failing batch is retried one request at a
+time, so that only the request that fails gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+
+from ..inference import Translation
+from .schema import DecodeSettings
+from .source import Source, pieces_of, prepare
+
+log = logging.getLogger(__name__)
+
+EMPTY = Translation(text="", score=0.0, log_prob=0.0, tokens=0)
+
+
+@dataclasses.dataclass
+class Result:
+    """One request's answer: each sentence's n-best translations (best first) and whether the
+    sentence was truncated to the model's length."""
+
+    translations: list[list[Translation]]
+    truncated: list[bool]
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One request in the queue."""
+
+    lines: list[str]
+    settings: DecodeSettings
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    arrived: float = dataclasses.field(default_factory=time.monotonic)
+    dropped: bool = False  # the caller is gone: never run it
+    sources: list[Source | None] | None = None  # None per empty line; set by the worker
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.pieces + 1 for s in self.sources or [] if s is not None)
+
+
+def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class Batcher:
+    """Merges concurrent requests into search batches for one ``Engine`` (one worker thread
+    calls it; nothing else may)."""
+
+    def __init__(self, engine, max_batch_tokens: int = 4096, max_wait_ms: float = 5.0):
+        self.engine = engine
+        self.max_batch_tokens, self.max_wait = max_batch_tokens, max_wait_ms / 1000
+        self.pieces = pieces_of(engine)
+        self.limit = getattr(engine, "max_source_tokens", None)
+        self._cond = threading.Condition()
+        self._inbox: list[Job] = []
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.counts = {"requests": 0, "dropped": 0, "batches": 0, "sentences": 0, "failed": 0}
+
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._work, name="gapless-batcher",
+                                                daemon=True)
+                self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker after its current batch; queued requests fail."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stats(self) -> dict:
+        with self._cond:
+            return {**self.counts, "queued": len(self._inbox)}
+
+    async def translate(self, lines: list[str], settings: DecodeSettings) -> Result:
+        """Each line's n-best translations, once its batch has run. Empty lines translate to
+        an empty text without reaching the engine."""
+        loop = asyncio.get_running_loop()
+        job = Job(list(lines), settings, loop.create_future(), loop)
+        if not any(line.strip() for line in job.lines):
+            return Result([[EMPTY] for _ in job.lines], [False] * len(job.lines))
+        self.start()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._inbox.append(job)
+            self.counts["requests"] += 1
+            self._cond.notify()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.dropped = True
+            with self._cond:
+                self.counts["dropped"] += 1
+                if job in self._inbox:
+                    self._inbox.remove(job)
+            raise
+
+    # -- the worker thread ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        pending: list[Job] = []
+        while True:
+            new = self._wait_for_jobs(pending)
+            if new is None:
+                break
+            try:
+                pending = self._step(pending, new)
+            except Exception as exc:  # never leave callers waiting on a dead worker
+                log.exception("the batcher failed; its pending requests are answered")
+                for job in pending + new:
+                    self._answer(job, error=exc)
+                pending = []
+        for job in pending:
+            self._answer(job, error=RuntimeError("the server is shutting down"))
+
+    def _step(self, pending: list[Job], new: list[Job]) -> list[Job]:
+        """Prepare ``new``, run a batch if one is ready; the jobs still pending."""
+        for job in new:
+            self._prepare(job)
+        pending = [j for j in pending + new if not j.dropped and not j.future.done()]
+        batch = self._ready(pending)
+        if batch:
+            pending = [j for j in pending if j not in batch]
+            self._run(batch)
+        return pending
+
+    def _wait_for_jobs(self, pending: list[Job]) -> list[Job] | None:
+        """New jobs from the inbox (waiting for one when nothing is pending, else until the
+        oldest pending one's wait is over); None once closed."""
+        with self._cond:
+            if not pending:
+                while not self._inbox and not self._closed:
+                    self._cond.wait()
+            elif not self._inbox:
+                left = pending[0].arrived + self.max_wait - time.monotonic()
+                if left > 0 and not self._group_full(pending):
+                    self._cond.wait(left)
+            if self._closed:
+                for job in self._inbox:
+                    self._answer(job, error=RuntimeError("the server is shutting down"))
+                self._inbox = []
+                return None
+            new, self._inbox = self._inbox, []
+            return new
+
+    def _prepare(self, job: Job) -> None:
+        try:
+            full = [line for line in job.lines if line.strip()]
+            sources = iter(prepare(full, self.pieces, self.limit))
+            job.sources = [next(sources) if line.strip() else None for line in job.lines]
+        except Exception as exc:  # a tokenizer error fails this request only
+            log.exception("preparing a request failed")
+            job.dropped = True  # answered: not to be batched
+            self._answer(job, error=exc)
+
+    def _group(self, pending: list[Job]) -> list[Job]:
+        return [j for j in pending if j.settings == pending[0].settings]
+
+    def _group_full(self, pending: list[Job]) -> bool:
+        return sum(j.tokens for j in self._group(pending)) >= self.max_batch_tokens
+
+    def _ready(self, pending: list[Job]) -> list[Job]:
+        """The oldest job's settings group, in arrival order, up to ``max_batch_tokens`` (at
+        least one job), if the group is full or its oldest job has waited long enough."""
+        if not pending:
+            return []
+        waited = time.monotonic() - pending[0].arrived
+        if waited < self.max_wait and not self._group_full(pending):
+            return []
+        batch, tokens = [], 0
+        for job in self._group(pending):
+            if batch and tokens + job.tokens > self.max_batch_tokens:
+                break
+            batch.append(job)
+            tokens += job.tokens
+        return batch
+
+    def _run(self, batch: list[Job]) -> None:
+        batch = [j for j in batch if not j.dropped and not j.future.done()]
+        if not batch:
+            return
+        try:
+            results = self._translate(batch)
+        except Exception as exc:
+            if len(batch) > 1:  # find the request that fails; the others still get answers
+                for job in batch:
+                    self._run([job])
+                return
+            log.exception("translation failed")
+            self.counts["failed"] += 1
+            self._answer(batch[0], error=exc)
+            return
+        for job, result in zip(batch, results):
+            self._answer(job, result)
+
+    def _translate(self, batch: list[Job]) -> list[Result]:
+        """One engine call for the sentences of ``batch``; each job's ``Result``."""
+        texts = [s.text for j in batch for s in j.sources if s is not None]
+        found = self.engine.translate_text(texts, **batch[0].settings.engine_kwargs())
+        if len(found) != len(texts):
+            raise RuntimeError(f"the engine answered {len(found)} of {len(texts)} sentences")
+        self.counts["batches"] += 1
+        self.counts["sentences"] += len(texts)
+        answers = iter(found)
+        return [Result([next(answers) if s is not None else [EMPTY] for s in job.sources],
+                       [s is not None and s.truncated for s in job.sources]) for job in batch]
+
+    def _answer(self, job: Job, result: Result | None = None,
+                error: BaseException | None = None) -> None:
+        try:
+            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+        except RuntimeError:  # the event loop is closed: nobody is waiting
+            pass

@@ -154,6 +154,15 @@ class RunDir:
     ) -> Path:
         """Write checkpoint ``step_<update>`` atomically and point ``tags`` at it."""
         name = f"step_{state['update']:08d}"
+        try:
+            return self._write(model, optimizer, state, name, tags, keep_last)
+        except (OSError, SafetensorError) as exc:  # disk full, permissions: name it
+            shutil.rmtree(self.checkpoints / f".{name}.tmp", ignore_errors=True)
+            raise CheckpointError(f"{self.checkpoints / name}: could not write the checkpoint "
+                                  f"({exc}); the earlier checkpoints are intact") from None
+
+    def _write(self, model, optimizer, state: dict, name: str, tags: tuple[str, ...],
+               keep_last: int) -> Path:
         final = self.checkpoints / name
         tmp = self.checkpoints / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -264,7 +273,7 @@ class RunDir:
         except (SafetensorError, OSError, RuntimeError) as exc:  # truncated or garbled
             raise CheckpointError(f"{file}: unreadable ({exc})") from None
         if missing or unexpected:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
             )
         bad = nonfinite(dict(model.named_parameters()))

@@ -27,6 +27,7 @@ from . import config as config_mod
 from .config import ConfigError
 from .data import CorpusError
 from .runlock import RunLocked
+from .textio import LineReport, atomic_output, read_text_lines
 from .training.trainer import NonFiniteLoss
 from .verify import CheckpointError
 
@@ -86,18 +87,22 @@ def cmd_translate(args, overrides) -> int:
     from .inference import nbest_lines
 
     translator = load_engine(args.run, args.engine, args.checkpoint, args.device, args.dtype)
+    translator.long_lines = args.long_lines
+    kwargs = _decode_kwargs(args)
+    if args.n_best > kwargs.get("beam", translator.decode_cfg.beam):
+        raise ConfigError(f"--n-best {args.n_best} needs --beam >= {args.n_best}")
+    report = LineReport(args.input or "<stdin>")
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(open(args.input, encoding="utf-8")) if args.input else sys.stdin
-        out = (stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output
-               else sys.stdout)
-        kwargs = _decode_kwargs(args)
+        raw = stack.enter_context(open(args.input, "rb")) if args.input else sys.stdin.buffer
+        src = read_text_lines(raw, report)
+        out = stack.enter_context(atomic_output(args.output, sys.stdout))
         if args.n_best > 1:
-            if args.n_best > kwargs.get("beam", translator.decode_cfg.beam):
-                raise ConfigError(f"--n-best {args.n_best} needs --beam >= {args.n_best}")
             out.writelines(nbest_lines(translator, src, args.n_best, **kwargs))
-            return 0
-        for hyp in translator.translate_stream(src, **kwargs):
-            out.write(hyp + "\n")
+        else:
+            out.writelines(hyp + "\n" for hyp in translator.translate_stream(src, **kwargs))
+    if report.replaced:
+        print(f"gapless: {len(report.replaced)} line(s) could not be read and were translated "
+              f"as empty lines (first: line {report.replaced[0][0]})", file=sys.stderr)
     return 0
 
 
@@ -188,14 +193,25 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(fn=cmd_serve)
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint directory")
-    p.add_argument("--beam", type=int)
+    p.add_argument("--beam", type=_positive)
     p.add_argument("--len-penalty", type=float)
     p.add_argument("--max-len-a", type=float)
     p.add_argument("--max-len-b", type=int)
     p.add_argument("--min-len", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--engine", default="auto", choices=["auto", "gapless", "ctranslate2"],
@@ -231,8 +247,11 @@ def _add_model_commands(sub) -> None:
     p.add_argument("run")
     p.add_argument("--input")
     p.add_argument("--output")
-    p.add_argument("--n-best", type=int, default=1,
+    p.add_argument("--n-best", type=_positive, default=1,
                    help="write the K best hypotheses per line as 'i ||| text ||| score'")
+    p.add_argument("--long-lines", choices=["truncate", "empty"], default="truncate",
+                   help="a line longer than the model's positions: translate its first pieces "
+                   "(default) or output an empty line; either way a warning names the line")
     _add_decode_args(p)
     p.set_defaults(fn=cmd_translate)
     p = sub.add_parser("average", help="average the weights of a run's last checkpoints")
@@ -290,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gapless", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (a bug report wants it)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_commands(sub)
     _add_model_commands(sub)
@@ -307,7 +328,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.fn(args, rest)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("gapless: interrupted", file=sys.stderr)
+        return 130
     except (ConfigError, CorpusError, FileNotFoundError, CheckpointError, RunLocked,
             NonFiniteLoss) as exc:
+        if args.debug:
+            raise
         print(f"gapless: error: {exc}", file=sys.stderr)
         return 2

@@ -272,6 +272,9 @@ def validate(cfg: Config) -> list[str]:
     if m.max_positions < cfg.data.max_len + 1:
         problems.append(f"model.max_positions ({m.max_positions}) must be >= data.max_len + 1 "
                         f"({cfg.data.max_len + 1}: a sentence plus BOS or EOS)")
+    if cfg.train.max_tokens < cfg.data.max_len + 1:
+        problems.append(f"train.max_tokens ({cfg.train.max_tokens}) must be >= data.max_len + 1 "
+                        f"({cfg.data.max_len + 1}): the longest kept sentence must fit a batch")
     if cfg.decode.nbest > cfg.decode.beam:
         problems.append(f"decode.nbest ({cfg.decode.nbest}) must be <= decode.beam "
                         f"({cfg.decode.beam})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +32,8 @@ from .decode import (
 from .model import Transformer
 from .packing import pack_linears
 from .runtime import autocast, configure_inference, resolve_device
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Engine", "SearchBatch", "Translation", "Translator", "length_limits", "load",
            "nbest_lines", "search_batches"]
@@ -125,28 +128,60 @@ class TextEngine:
                         **overrides) -> list[list[Hypothesis]]:
         raise NotImplementedError
 
-    def translate(self, lines: list[str], **kwargs) -> list[str]:
-        """Raw sentences -> detokenised translations (same order)."""
-        ids = self.translate_ids(self.vocab.encode(list(lines)), **kwargs)
-        return self.vocab.decode(ids)
+    long_lines = "truncate"  # a source over max_source_tokens: "truncate" it, or "empty"
 
-    def translate_text(self, lines: list[str], **settings) -> list[list[Translation]]:
-        """Raw sentences -> each one's ``nbest`` translations with their scores, best first."""
-        nbest = self.translate_nbest(self.vocab.encode(list(lines)), **settings)
-        texts = iter(self.vocab.decode([h.tokens for hyps in nbest for h in hyps]))
+    def encode(self, lines: list[str], first_line: int = 1) -> list[list[int]]:
+        """Source ids of ``lines``; one longer than ``max_source_tokens`` is cut to it (or
+        emptied, ``long_lines``), with a warning naming its line (``first_line`` + index)."""
+        ids = self.vocab.encode(list(lines))
+        limit = self.max_source_tokens
+        for i, seq in enumerate(ids):
+            if len(seq) > limit:
+                cut = "truncated to" if self.long_lines == "truncate" else "emptied; the limit is"
+                log.warning("input line %d: %d pieces, %s %d", first_line + i, len(seq), cut,
+                            limit)
+                ids[i] = seq[:limit] if self.long_lines == "truncate" else []
+        return ids
+
+    def _nbest_of_text(self, lines: list[str], first_line: int,
+                       settings: dict) -> list[list[Hypothesis] | None]:
+        """n-best hypotheses per line; None for a line with nothing to translate (blank, or
+        emptied by ``long_lines``), which the search never sees."""
+        ids = self.encode(lines, first_line)
+        keep = [i for i, seq in enumerate(ids) if seq]
+        found = self.translate_nbest([ids[i] for i in keep], **settings) if keep else []
+        out: list[list[Hypothesis] | None] = [None] * len(ids)
+        for i, hyps in zip(keep, found):
+            out[i] = hyps
+        return out
+
+    def translate(self, lines: list[str], first_line: int = 1, **settings) -> list[str]:
+        """Raw sentences -> detokenised translations (same order); a blank line gives ""."""
+        found = self._nbest_of_text(lines, first_line, settings)
+        return self.vocab.decode([hyps[0].tokens if hyps else [] for hyps in found])
+
+    def translate_text(self, lines: list[str], first_line: int = 1,
+                       **settings) -> list[list[Translation]]:
+        """Raw sentences -> each one's ``nbest`` translations with their scores, best first
+        (a blank line: one empty translation of score 0)."""
+        found = [hyps or [Hypothesis([], 0.0, 0.0)]
+                 for hyps in self._nbest_of_text(lines, first_line, settings)]
+        texts = iter(self.vocab.decode([h.tokens for hyps in found for h in hyps]))
         return [[Translation(next(texts), h.score, h.log_prob, len(h.tokens)) for h in hyps]
-                for hyps in nbest]
+                for hyps in found]
 
     def translate_stream(self, lines: Iterable[str], chunk: int = 1000, **kwargs):
         """Yield translations of a (possibly endless) line stream, ``chunk`` lines at a time."""
         buf: list[str] = []
+        done = 0
         for line in lines:
             buf.append(line.rstrip("\n"))
             if len(buf) >= chunk:
-                yield from self.translate(buf, **kwargs)
+                yield from self.translate(buf, first_line=done + 1, **kwargs)
+                done += len(buf)
                 buf = []
         if buf:
-            yield from self.translate(buf, **kwargs)
+            yield from self.translate(buf, first_line=done + 1, **kwargs)
 
 
 class Translator(TextEngine):
@@ -216,7 +251,8 @@ def nbest_lines(engine: Engine, lines: Iterable[str], n_best: int, chunk: int = 
         if line is not None:
             buf.append(line.rstrip("\n"))
         if buf and (line is None or len(buf) >= chunk):
-            for i, hyps in enumerate(engine.translate_text(buf, nbest=n_best, **settings)):
+            for i, hyps in enumerate(engine.translate_text(buf, first_line=done + 1,
+                                                           nbest=n_best, **settings)):
                 yield from (f"{done + i} ||| {h.text} ||| {h.score:.4f}\n" for h in hyps)
             done += len(buf)
             buf = []

@@ -193,6 +193,7 @@ def quickstart(minutes: float = 10, run_dir=None, overrides=None) -> dict:
     _say(
         f"\nnext: gapless translate {run_dir} --beam 5 < input.de    "
         f"(or: from gapless import load; load({str(run_dir)!r}).translate([...]))"
+        f"\nserve it (a web page and an HTTP API): gapless serve {run_dir} --port 8080"
     )
     sys.stdout.flush()
     return summary

@@ -371,3 +371,8 @@ def test_range_problems_are_listed_all_at_once():
 def test_nbest_larger_than_the_beam_is_an_error():
     with pytest.raises(ConfigError, match=r"decode.nbest \(6\) must be <= decode.beam \(5\)"):
         C.from_dict(None, {"decode.nbest": 6})
+
+
+def test_max_tokens_must_hold_the_longest_kept_sentence():
+    with pytest.raises(ConfigError, match=r"train.max_tokens \(100\) must be >= data.max_len"):
+        C.from_dict(None, {"train.max_tokens": 100, "data.max_len": 256})

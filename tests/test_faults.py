@@ -210,3 +210,106 @@ def test_a_damaged_line_inside_the_log_is_an_error_naming_it(run):
     (run / "log.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(CheckpointError, match=r"log.jsonl:2: not a JSON record"):
         RunDir(run).read_log()
+
+
+# ----------------------------------------------------------------------------------------------
+# translate: line-faithful, one bad line never ruins the others
+
+
+def _translate(run, tmp_path, data: bytes, *extra) -> tuple[int, list[str]]:
+    src, out = tmp_path / "in.de", tmp_path / "out.en"
+    src.write_bytes(data)
+    code = main(["translate", str(run), "--input", str(src), "--output", str(out), "--beam", "1",
+                 "--device", "cpu", *extra])
+    return code, out.read_text(encoding="utf-8").split("\n")[:-1] if out.exists() else []
+
+
+def test_a_carriage_return_inside_a_line_keeps_lines_one_to_one(run, tmp_path):
+    code, lines = _translate(run, tmp_path, "ein Hund\rläuft\nzwei Katzen\r\n".encode())
+    assert code == 0 and len(lines) == 2
+
+
+def test_an_over_long_line_is_truncated_or_emptied_naming_it(run, tmp_path, caplog):
+    long = " ".join(["Hund"] * 10000)
+    data = f"ein Hund\n{long}\nzwei Katzen\n".encode()
+    with caplog.at_level(logging.WARNING):
+        code, lines = _translate(run, tmp_path, data)
+    assert code == 0 and len(lines) == 3 and "input line 2:" in caplog.text
+    code, lines = _translate(run, tmp_path, data, "--long-lines", "empty")
+    assert code == 0 and len(lines) == 3 and lines[1] == "" and lines[0] and lines[2]
+
+
+def test_invalid_utf8_names_the_line_and_the_rest_is_translated(run, tmp_path, capsys, caplog):
+    with caplog.at_level(logging.WARNING):
+        code, lines = _translate(run, tmp_path, b"ein Hund\n\xff\xfe kaputt\nzwei Katzen\n")
+    assert code == 0 and len(lines) == 3 and lines[1] == "" and lines[0] and lines[2]
+    assert "in.de:2: invalid UTF-8" in caplog.text
+    assert "first: line 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--beam", "0"], ["--beam", "-1"], ["--batch-size", "-1"],
+                                  ["--n-best", "0"], ["--beam", "two"]])
+def test_bad_decode_options_are_refused_by_the_cli(run, args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["translate", str(run), *args])
+    assert exc.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_in_one_line_and_leaves_no_partial_output(run, tmp_path, capsys,
+                                                                  monkeypatch):
+    from gapless.inference import TextEngine
+
+    real = TextEngine.translate
+    calls = {"n": 0}
+
+    def interrupted(self, lines, first_line=1, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return real(self, lines, first_line, **kwargs)
+
+    monkeypatch.setattr(TextEngine, "translate", interrupted)
+    lines = "".join(f"ein Hund {i}\n" for i in range(2500)).encode()
+    code, out = _translate(run, tmp_path, lines)
+    assert code == 130 and out == [] and not list(tmp_path.glob(".out.en*"))
+    assert capsys.readouterr().err == "gapless: interrupted\n"
+    with pytest.raises(KeyboardInterrupt):  # --debug: the traceback
+        main(["--debug", "translate", str(run), "--input", str(tmp_path / "in.de"), "--beam",
+              "1", "--device", "cpu"])
+
+
+def test_a_truncated_weights_file_is_named_and_the_intact_checkpoint_offered(run):
+    weights = run / "checkpoints" / "step_00000020" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"step_00000020/model.safetensors: damaged.*"
+                                              r"step_00000010"):
+        RunDir(run).load_weights(_model(run), weights.parent)
+    state = json.loads((weights.parent / "state.json").read_text())
+    state.pop("files")  # a checkpoint without checksums: safetensors' own error, named
+    (weights.parent / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"step_00000020/model.safetensors: unreadable"):
+        RunDir(run).load_weights(_model(run), weights.parent)
+
+
+def test_disk_full_while_saving_names_the_checkpoint_and_keeps_the_others(run, monkeypatch):
+    import errno
+
+    import gapless.checkpoint as ckpt
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_model", full)
+    with pytest.raises(CheckpointError, match=r"step_00000021: could not write the checkpoint "
+                                              r"\(.*No space left.*earlier checkpoints are intact"):
+        RunDir(run).save(_model(run), None, {"update": 21})
+    assert not list((run / "checkpoints").glob(".step_*"))
+    assert RunDir(run).pointer("last").name == "step_00000020"
+
+
+def test_a_bad_override_value_is_one_line_not_a_traceback(trained, tmp_path, capsys):
+    code = main(["train", "tiny", "--run-dir", str(tmp_path / "x"), "--name", "{a: 1}",
+                 "--train.lr", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("gapless: error:") and "Traceback" not in err
+    assert "name: expected str" in err and "train.lr = -1.0 is out of range" in err

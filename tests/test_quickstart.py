@@ -80,6 +80,7 @@ def test_quickstart_end_to_end(tiny_corpus, tmp_path, monkeypatch, capsys):
     assert "chosen with --data.corpus" in out
     assert "test2016: BLEU" in out and "nrefs:1" in out
     assert out.count(" -> ") >= 3
+    assert f"gapless serve {run} --port 8080" in out
     assert summary["updates"] == 4 and len(summary["examples"]) == 3
     assert json.loads((run / quickstart.MARKER).read_text())["corpus"] == str(tiny_corpus)
     # a second quickstart replaces its own run; someone else's directory is refused

@@ -359,12 +359,13 @@ def translator(tmp_path_factory) -> Translator:
                       torch.device("cpu"))
 
 
-def test_the_real_engine_truncates_what_it_cannot_encode(translator):
-    """A sentence longer than the model's positions crashes a plain translate; the server
-    cuts it to max_source_tokens pieces and answers."""
+def test_the_real_engine_truncates_what_it_cannot_encode(translator, caplog):
+    """A sentence longer than the model's positions: a plain translate cuts it with a warning
+    naming the line; the server cuts it to max_source_tokens pieces and flags it."""
     long = " ".join(["Hund"] * 200)
-    with pytest.raises(ValueError, match="max_positions"):
-        translator.translate([long])
+    with caplog.at_level("WARNING"):
+        assert len(translator.translate(["Ein Hund.", long])) == 2
+    assert "input line 2:" in caplog.text
     with Background(create_app(translator)) as url, httpx.Client(base_url=url) as client:
         out = client.post("/v1/translate", json={"text": [long, "Ein Hund läuft."],
                                                  "n_best": 2}).json()

@@ -19,12 +19,14 @@ import threading
 import time
 
 from ..inference import Translation
+from ..runtime import release_free_memory
 from .schema import DecodeSettings
 from .source import Source, pieces_of, prepare
 
 log = logging.getLogger(__name__)
 
 EMPTY = Translation(text="", score=0.0, log_prob=0.0, tokens=0)
+TRIM_EVERY = 16  # batches between two malloc_trim calls
 
 
 @dataclasses.dataclass
@@ -76,6 +78,7 @@ class Batcher:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.counts = {"requests": 0, "dropped": 0, "batches": 0, "sentences": 0, "failed": 0}
+        self._last_done = 0.0  # when the last batch finished (monotonic seconds)
 
     def start(self) -> None:
         """Start the worker thread (once)."""
@@ -158,7 +161,7 @@ class Batcher:
                 while not self._inbox and not self._closed:
                     self._cond.wait()
             elif not self._inbox:
-                left = pending[0].arrived + self.max_wait - time.monotonic()
+                left = self._start_at(pending) - time.monotonic()
                 if left > 0 and not self._group_full(pending):
                     self._cond.wait(left)
             if self._closed:
@@ -185,13 +188,18 @@ class Batcher:
     def _group_full(self, pending: list[Job]) -> bool:
         return sum(j.tokens for j in self._group(pending)) >= self.max_batch_tokens
 
+    def _start_at(self, pending: list[Job]) -> float:
+        """When a group that is not full may run: ``max_wait`` after its oldest job arrived
+        and after the last batch finished (so the callers that batch answered can send their
+        next request into this one, instead of batches alternating between two halves)."""
+        return max(pending[0].arrived, self._last_done) + self.max_wait
+
     def _ready(self, pending: list[Job]) -> list[Job]:
         """The oldest job's settings group, in arrival order, up to ``max_batch_tokens`` (at
-        least one job), if the group is full or its oldest job has waited long enough."""
+        least one job), if the group is full or it has waited long enough (``_start_at``)."""
         if not pending:
             return []
-        waited = time.monotonic() - pending[0].arrived
-        if waited < self.max_wait and not self._group_full(pending):
+        if time.monotonic() < self._start_at(pending) and not self._group_full(pending):
             return []
         batch, tokens = [], 0
         for job in self._group(pending):
@@ -206,11 +214,19 @@ class Batcher:
         if not batch:
             return
         try:
+            self._run_batch(batch)
+        finally:
+            self._last_done = time.monotonic()
+            if self.counts["batches"] % TRIM_EVERY == 0:
+                release_free_memory()  # freed search tensors of ever-new shapes: back to the OS
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        try:
             results = self._translate(batch)
         except Exception as exc:
             if len(batch) > 1:  # find the request that fails; the others still get answers
                 for job in batch:
-                    self._run([job])
+                    self._run_batch([job])
                 return
             log.exception("translation failed")
             self.counts["failed"] += 1

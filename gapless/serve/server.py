@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from pathlib import Path
@@ -13,6 +14,9 @@ from .app import create_app
 from .schema import ServeSettings
 
 log = logging.getLogger(__name__)
+
+
+SERVER_ONEDNN_CACHE = "1024"  # oneDNN's own default
 
 
 def load_model(path: str | Path, checkpoint: str = "best", device: str = "auto",
@@ -47,7 +51,10 @@ def serve(engine, settings: ServeSettings, log_level: str = "info") -> None:
 
 def serve_run(run: str | Path, settings: ServeSettings, checkpoint: str = "best",
               device: str = "auto", dtype: str = "fp32", engine: str = "auto") -> None:
-    """``gapless serve``: load ``run``'s model and serve it until interrupted."""
+    """``gapless serve``: load ``run``'s model and serve it until interrupted. A server meets
+    ever-new batch shapes, so oneDNN's kernel cache stays at its default bound (an explicit
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY wins) and memory stays flat."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", SERVER_ONEDNN_CACHE)
     model = load_model(run, checkpoint, device, dtype, engine)
     if settings.run is None and Path(run, "eval").is_dir():
         settings.run = run

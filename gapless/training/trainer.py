@@ -159,7 +159,7 @@ class Trainer:
         if self.restart and self.ddp.main:
             gone = self.run.discard_checkpoints()
             if gone:
-                log.warning("--restart: discarded %s and the log", ", ".join(gone))
+                log.warning("--restart: discarded %s", ", ".join(gone))
         self.ddp.barrier()
         try:
             return self.run.load_training_state(self.model, self.optimizer)

@@ -13,6 +13,7 @@ from .corpora import split_paths
 from .data import read_parallel
 from .inference import Engine, load
 from .metrics import corpus_scores
+from .textio import relative_path
 
 
 def score_split(
@@ -29,8 +30,8 @@ def score_split(
     seconds = time.perf_counter() - start
     result = {
         "split": split,
-        "source": str(src_path),
-        "reference": str(ref_path),
+        "source": relative_path(src_path),
+        "reference": relative_path(ref_path),
         "sentences": len(src),
         "decode_seconds": round(seconds, 3),
         "sentences_per_second": round(len(src) / seconds, 2),

@@ -13,6 +13,7 @@ from .checkpoint import RunDir, atomic_write_bytes, atomic_write_text
 from .config import Config
 from .corpora import split_paths
 from .data import CorpusError, ParallelData, Vocab, read_lines, read_parallel
+from .textio import relative_path
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,8 @@ def prepare(
     report = {
         "key": key,
         "vocab_size": len(vocab),
-        "train_files": [str(train_src), str(train_tgt)],
-        "valid_files": [str(valid_src_path), str(valid_tgt_path)],
+        "train_files": [relative_path(train_src), relative_path(train_tgt)],
+        "valid_files": [relative_path(valid_src_path), relative_path(valid_tgt_path)],
         "train": train_report.__dict__,
         "train_summary": train_report.summary(),
         "valid_pairs": len(valid),

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["LineReport", "atomic_output", "read_text_lines"]
+__all__ = ["LineReport", "atomic_output", "read_text_lines", "relative_path"]
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +68,9 @@ def atomic_output(path: str | Path | None, fallback):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def relative_path(path: str | Path) -> str:
+    """``path`` relative to the working directory, as written into results and commands: a
+    report regenerates from the repository without naming a folder of the machine."""
+    return os.path.relpath(path)

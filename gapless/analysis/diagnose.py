@@ -17,6 +17,7 @@ from ..checkpoint import RunDir, atomic_write_text
 from ..corpora import split_paths
 from ..data import read_parallel
 from ..inference import load
+from ..textio import relative_path
 from .exposure import BEAMS, MeasureSettings, measure
 from .probe import ModelProbe
 
@@ -44,7 +45,7 @@ class DiagnoseSettings:
 
     def command(self, run_dir: str | Path) -> str:
         """The command line that measures ``run_dir`` with these settings."""
-        command = ["gapless", "diagnose", str(run_dir), "--split", self.split,
+        command = ["gapless", "diagnose", relative_path(run_dir), "--split", self.split,
                    "--beams", ",".join(map(str, self.beams))]
         if self.max_sentences is not None:
             command += ["--max-sentences", str(self.max_sentences)]
@@ -103,8 +104,8 @@ def diagnose(run_dir: str | Path, settings: DiagnoseSettings = DiagnoseSettings(
                      ref_text, MeasureSettings(beams=s.beams,
                                                sweep_sentences=s.sweep_sentences))
     result = {
-        "run": str(run.path), "name": cfg.name, "split": s.split, "source": str(src_path),
-        "reference": str(ref_path), "corpus_sentences": corpus_sentences,
+        "run": relative_path(run.path), "name": cfg.name, "split": s.split,
+        "source": relative_path(src_path), "reference": relative_path(ref_path), "corpus_sentences": corpus_sentences,
         "settings": s.recorded(), "command": s.command(run_dir),
         "total_seconds": round(time.perf_counter() - start, 1), **result,
     }

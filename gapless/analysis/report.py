@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 
 from ..checkpoint import atomic_write_text
+from ..textio import relative_path
 from .exposure import DEFINITIONS
 from .figures import colors, finish, pyplot, save, style_pair
 
@@ -371,7 +372,7 @@ def compare_report(folders: list[str | Path], out: str | Path) -> Path:
     splits = sorted({r["split"] for r in results})
     s = results[0]["settings"]
     command = ["gapless", "diagnose", "--compare", *[r["run"] for r in results], "--out",
-               str(out), "--split", s["split"], "--beams", ",".join(map(str, s["beams"]))]
+               relative_path(out), "--split", s["split"], "--beams", ",".join(map(str, s["beams"]))]
     if s["max_sentences"] is not None:
         command += ["--max-sentences", str(s["max_sentences"])]
     if s.get("sweep_sentences") is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ...checkpoint import RunDir, atomic_write_text
 from ...config import ConfigError
+from ...textio import relative_path
 from .core import Claim, Context, Result
 from .head_size import HeadSize
 from .heads import Heads
@@ -55,9 +56,7 @@ def _command(claim: Claim, run, out: Path, quick: bool) -> str:
     parts = ["gapless explain", claim.id]
     if run and claim.uses_run:
         parts.append(f"--run {run}")
-    if out.resolve().is_relative_to(Path.cwd()):  # a folder of the repository: say it so
-        out = out.resolve().relative_to(Path.cwd())
-    parts.append(f"--out {out}")
+    parts.append(f"--out {relative_path(out)}")
     if quick:
         parts.append("--quick")
     return " ".join(parts)
@@ -136,7 +135,8 @@ def explain(
         raise ConfigError(f"unknown claim(s) {', '.join(unknown)} (known: {', '.join(CLAIMS)})")
     if run is not None and not RunDir(run).config.is_file():
         raise FileNotFoundError(f"{run}: not a run directory (no config.yaml)")
-    out = Path(out) if out else default_out(run)
+    run = relative_path(run) if run is not None else None  # notes and commands name it so
+    out = Path(relative_path(out)) if out else default_out(run)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "explain.json"
     saved = json.loads(json_path.read_text()) if json_path.is_file() else {}

@@ -1,0 +1,25 @@
+"""Committed evidence names no folder of the machine that made it: reports, JSON and the
+README use paths relative to the repository."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ABSOLUTE = re.compile(r"(?<![\w.])/(?:work|root|home|tmp|Users|mnt)/[\w.-]+")
+FILES = sorted(p for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*")]
+               if p.suffix in (".md", ".json", ".yaml", ".jsonl", ".txt"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_absolute_machine_paths(path):
+    found = sorted(set(ABSOLUTE.findall(path.read_text(encoding="utf-8"))))
+    assert not found, f"{path.relative_to(ROOT)} names machine paths: {found[:5]}"
+
+
+def test_the_pattern_catches_and_spares():
+    assert ABSOLUTE.findall('"run": "/work/runs/x"') == ["/work/runs"]
+    assert not ABSOLUTE.findall("see ../shared/data/multi30k and docs/runs/x, a/tmp/b")

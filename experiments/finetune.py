@@ -26,7 +26,7 @@ from gapless.inference import load
 from gapless.training import train
 
 LOGGED = ("replaced", "pred_differs", "oracle_bleu", "oracle_searched", "p_gold",
-          "s_per_update", "step_vs_tf")
+          "s_per_update", "strategy_share")
 
 
 def _brief(result: dict) -> dict:
@@ -79,11 +79,11 @@ def base_scores(spec: dict, base: Path, runs: Path) -> dict:
 
 def table(spec: dict, base: dict, results: list[dict]) -> str:
     """Markdown: one row per method, mean +- sd (n) of BLEU per split, plus the logged mixing
-    figures (fraction replaced, fed predictions != gold, oracle BLEU, s/update, and the step
-    time over the same step without the strategy's extra pass)."""
+    figures (fraction replaced, fed predictions != gold, oracle BLEU, s/update, and the share of
+    the step spent in the strategy's call)."""
     splits = spec["splits"]
     head = ["method", "seeds"] + splits + ["valid (last)", "replaced", "pred != gold",
-                                          "oracle BLEU", "s/update", "step / TF step"]
+                                          "oracle BLEU", "s/update", "strategy share"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| " + " | ".join([base["method"], "-"] + [
         f"{base['scores'][s]['bleu']:.2f}" for s in splits] + ["-"] * 6) + " |")
@@ -105,7 +105,7 @@ def table(spec: dict, base: dict, results: list[dict]) -> str:
                                             for s in splits]
         cells += [stat(r["valid_bleu"] for r in rows)] + [
             logged(k) for k in ("replaced", "pred_differs", "oracle_bleu", "s_per_update",
-                                "step_vs_tf")]
+                                "strategy_share")]
         lines.append("| " + " | ".join(cells) + " |")
     signature = next(iter(base["scores"].values()))["signature"]
     return "\n".join(lines) + f"\n\nsacreBLEU signature: `{signature}`\n"

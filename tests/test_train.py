@@ -26,7 +26,7 @@ from gapless.training import build_optimizer, inverse_sqrt, label_smoothed_nll, 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 TIMING = {"tgt_tokens_per_s", "s_per_update", "elapsed_s", "valid_seconds", "strategy_s_per_update",
-          "step_vs_tf"}
+          "strategy_share"}
 
 
 @pytest.fixture(autouse=True)

@@ -56,9 +56,10 @@ class Interval:
         return {} if self.grad_norm is None else {"grad_norm": round(float(self.grad_norm), 3)}
 
     def strategy_cost(self, seconds: float) -> dict:
-        """The strategy's seconds per update, and the step time relative to the same step
-        without them, ``step / (step - strategy)``; empty when nothing was timed (teacher
-        forcing)."""
+        """The strategy's seconds per update in its ``decoder_inputs`` call (first pass,
+        oracle search) and their share of the step's wall time; empty when nothing was timed
+        (teacher forcing). The backward through the strategy's inputs (soft mixtures) is not
+        in it: the step-time ratio to teacher forcing is ``benchmarks/strategy_speed``'s."""
         spent = self.strategy_s
         if self.events:
             self.events[-1][1].synchronize()
@@ -67,6 +68,5 @@ class Interval:
             return {}
         if not self.updates:
             return {}
-        rest = max(seconds - spent, 1e-9)
         return {"strategy_s_per_update": round(spent / self.updates, 4),
-                "step_vs_tf": round(seconds / rest, 3)}
+                "strategy_share": round(spent / max(seconds, 1e-9), 3)}

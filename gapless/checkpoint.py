@@ -4,7 +4,7 @@ Layout of ``runs/NAME``::
 
     config.yaml            resolved config of the run
     spm.model, spm.vocab   joint SentencePiece model
-    data/                  encoded splits (safetensors) + prepare.json (filter report)
+    data/                  encoded splits (train/, valid/: memory-mapped shards) + prepare.json
     checkpoints/step_N/    model.safetensors, optim.safetensors, state.json
     checkpoints/last.json  pointer to the newest complete checkpoint (replaced atomically)
     checkpoints/best.json  pointer to the checkpoint with the best validation BLEU
@@ -292,26 +292,32 @@ class RunDir:
                            state["optimizer"])
         return state
 
-    def save_rank_rng(self, rank: int, update: int) -> None:
-        """A non-zero DDP rank's own RNG state (its dropout masks) at ``update``."""
+    def save_rank_state(self, rank: int, update: int, strategy: dict) -> None:
+        """A non-zero DDP rank's own state at ``update``: its RNG (its dropout masks) and its
+        strategy's state (e.g. the oracles cached for the sentences that rank saw)."""
         folder = self.checkpoints / "rng"
         folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / f"rank{rank}.json",
+                          json.dumps({"update": update, "strategy": strategy}))
         tmp = folder / f".rank{rank}.tmp"
         save_file({**_rng_tensors(), "update": torch.tensor([update])}, str(tmp))
         os.replace(tmp, folder / f"rank{rank}.safetensors")
 
-    def restore_rank_rng(self, rank: int, update: int) -> bool:
-        """Restore what ``save_rank_rng`` wrote for ``update``; False if absent or stale."""
+    def restore_rank_state(self, rank: int, update: int) -> dict | None:
+        """Restore the RNG that ``save_rank_state`` wrote for ``update`` and return the
+        strategy state saved with it; None if absent or stale."""
         path = self.checkpoints / "rng" / f"rank{rank}.safetensors"
         if not path.is_file():
-            return False
+            return None
         tensors = load_file(str(path))
         if int(tensors["update"][0]) != update:
-            return False
+            return None
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
-        return True
+        side = path.with_suffix(".json")
+        saved = json.loads(side.read_text()) if side.is_file() else {}
+        return saved.get("strategy", {}) if saved.get("update") == update else {}
 
     def load_training_state(self, model, optimizer) -> dict | None:
         """Restore weights, optimizer and RNG from ``last`` (or, when that pointer is missing

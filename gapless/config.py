@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .strategy_config import StrategyConfig, strategy_problems
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
@@ -65,6 +67,12 @@ class DataConfig:
     max_len: int = 256  # tokens per side; longer training pairs are dropped (and counted)
     bad_pairs: str = "drop"  # drop: filter, report counts; error: stop at the first, file:line
     download: bool = True  # fetch a named corpus into the cache when it is not found locally
+    spm_sample: int = 2_000_000  # lines per side SentencePiece trains on (a uniform sample)
+    workers: int | None = None  # encoding processes for prepare (None: the core count; 0, 1: none)
+    shard_pairs: int = 1_000_000  # training pairs per shard file
+    max_len_ratio: float = 0.0  # > 0: drop pairs whose longer side has > ratio x the pieces
+    dedup: bool = False  # drop exact duplicate pairs after the first
+    drop_identical: bool = False  # drop pairs whose source equals the target
 
 
 @dataclass
@@ -92,6 +100,7 @@ class TrainConfig:
     save_every: int = 1000
     keep_last: int = 2
     dtype: str = "bf16"  # bf16: autocast, fp32 master weights
+    compile: bool = False  # torch.compile the training step (the model object is unchanged)
     device: str = "auto"
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     nonfinite: str = "stop"  # a NaN/inf loss: stop before any checkpoint, or skip the update
@@ -109,39 +118,6 @@ class DecodeConfig:
     min_len: int = 1
     batch_size: int = 64  # sentences per batch
     nbest: int = 1
-
-
-@dataclass
-class StrategyConfig:
-    """What the decoder sees while training (methods.md 2-5). Defaults leave teacher forcing
-    unchanged; the other fields matter only for the two-pass strategies."""
-
-    name: str = "teacher_forcing"  # a key of gapless.strategies.STRATEGIES
-    # predicted input per slot (scheduled_sampling; word_oracle always samples)
-    predicted: str = "argmax"  # a key of gapless.strategies.PREDICTED
-    temperature: float = 1.0  # tau of sample / gumbel_soft (applied before the noise)
-    alpha: float = 1.0  # soft / topk_soft: softmax(alpha * logits)
-    topk: int = 5  # topk_soft: the k largest logits
-    first_pass_grad: bool = False  # backpropagate through the first pass (soft kinds carry it)
-    mle_weight: float = 0.0  # > 0: add this x the first (teacher-forced) pass's loss
-    mix_unit: str = "token"  # one gold/predicted draw per token, sentence or batch
-    # schedule of p = probability of the gold token (gapless.schedules.SCHEDULES); auto:
-    # inverse_sigmoid, or or_nmt for the oracles
-    schedule: str = "auto"
-    schedule_unit: str = "auto"  # auto: epoch for or_nmt, else update
-    constant_p: float = 1.0  # constant: p
-    linear_start: float = 1.0  # linear: p at 0
-    linear_slope: float = 0.0  # linear: p falls by this per unit
-    exp_base: float = 1.0  # exponential: p = exp_base ** i
-    sigmoid_k: float = 1000.0  # inverse_sigmoid: k / (k + exp(i / k))
-    half_at: float = 0.0  # > 0: inverse_sigmoid's k such that p = 0.5 at this progress
-    p_min: float = 0.0  # floor of p
-    or_nmt_mu: float = 15.0  # or_nmt: mu / (mu + exp(i / mu)); OR-NMT used 15 or 50 per epoch
-    step_eps: float = 0.0  # > 0: decoding-step schedule p_t = step_eps ** (t * (1 - f(i)))
-    # sentence_oracle
-    oracle_beam: int = 4  # length-constrained beam size
-    oracle_noise: bool = False  # Gumbel noise (at temperature) on the beam's log-probs
-    oracle_refresh: int = 0  # > 0: cache each sentence's oracle, search again after N updates
 
 
 @dataclass
@@ -278,7 +254,9 @@ def validate(cfg: Config) -> list[str]:
     if cfg.decode.nbest > cfg.decode.beam:
         problems.append(f"decode.nbest ({cfg.decode.nbest}) must be <= decode.beam "
                         f"({cfg.decode.beam})")
-    problems += _strategy_problems(cfg.strategy)
+    if 0 < cfg.data.max_len_ratio < 1:
+        problems.append(f"data.max_len_ratio ({cfg.data.max_len_ratio}) must be 0 (off) or >= 1")
+    problems += strategy_problems(cfg.strategy)
     return problems
 
 
@@ -293,6 +271,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.vocab_size": (MIN_VOCAB, None, True, True),
     "data.character_coverage": (0, 1, False, True),
     "data.max_len": (1, None, True, True),
+    "data.spm_sample": (100, None, False, True),  # SentencePiece's own minimum
+    "data.shard_pairs": (1, None, True, True),
+    **{f"data.{k}": (0, None, True, True) for k in ("workers", "max_len_ratio")},
     **{f"train.{k}": (1, None, True, True) for k in ("accum", "max_updates", "max_epochs",
                                                      "log_every", "valid_every", "save_every",
                                                      "keep_last", "valid_beam")},
@@ -306,6 +287,10 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     **{f"decode.{k}": (1, None, True, True) for k in ("beam", "batch_size", "nbest")},
     **{f"decode.{k}": (0, None, True, True) for k in ("len_penalty", "max_len_a", "max_len_b",
                                                       "min_len")},
+    **{f"strategy.{k}": (0, 1, True, True) for k in ("mrt_weight", "cass_low", "cass_high")},
+    **{f"strategy.{k}": (0, None, True, True) for k in ("mrt_max_len_a", "mrt_max_len_b")},
+    "strategy.mrt_samples": (1, None, True, True),
+    "strategy.mrt_alpha": (0, None, False, True),
 }
 
 
@@ -315,6 +300,8 @@ def _range_problems(cfg: Config) -> list[str]:
     for dotted, (low, high, low_ok, high_ok) in RANGES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
+        if value is None:  # an optional setting left unset
+            continue
         too_low = low is not None and (value < low if low_ok else value <= low)
         too_high = high is not None and (value > high if high_ok else value >= high)
         if too_low or too_high:
@@ -325,29 +312,6 @@ def _range_problems(cfg: Config) -> list[str]:
         problems.append(f"model.head_dim = {cfg.model.head_dim} must be >= 1 (or none)")
     if any(not 0 <= b < 1 for b in cfg.train.betas) or len(cfg.train.betas) != 2:
         problems.append(f"train.betas = {cfg.train.betas} must be two numbers in [0, 1)")
-    return problems
-
-
-def _strategy_problems(s: StrategyConfig) -> list[str]:
-    problems = []
-    for key in ("temperature", "alpha", "or_nmt_mu"):
-        if not getattr(s, key) > 0:
-            problems.append(f"strategy.{key} must be > 0")
-    if s.topk < 1 or s.oracle_beam < 1:
-        problems.append("strategy.topk and strategy.oracle_beam must be >= 1")
-    for key in ("mle_weight", "half_at", "linear_slope"):
-        if getattr(s, key) < 0:
-            problems.append(f"strategy.{key} must be >= 0")
-    for key in ("p_min", "step_eps", "constant_p", "exp_base"):
-        if not 0 <= getattr(s, key) <= 1:
-            problems.append(f"strategy.{key} must be in [0, 1]")
-    if s.half_at == 0 and s.sigmoid_k < 1:
-        problems.append(f"strategy.sigmoid_k of the inverse sigmoid must be >= 1, got "
-                        f"{s.sigmoid_k}")
-    if s.oracle_refresh < 0:
-        problems.append("strategy.oracle_refresh must be >= 0 (0: search every update)")
-    if s.mle_weight > 0 and s.name == "sentence_oracle":
-        problems.append("strategy.mle_weight needs a first pass (scheduled_sampling, word_oracle)")
     return problems
 
 

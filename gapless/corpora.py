@@ -141,10 +141,17 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+def _or_gz(path: Path) -> Path:
+    """``path``, or ``path.gz`` when only that exists (read decompressed)."""
+    gz = path.with_name(path.name + ".gz")
+    return gz if not path.exists() and gz.is_file() else path
+
+
 def split_paths(
     corpus: str, split: str, src: str, tgt: str, data_dir: str | None = None, download=True
 ) -> tuple[Path, Path]:
-    """(source file, target file) of one split, fetching Multi30k when allowed and missing."""
+    """(source file, target file) of one split, fetching Multi30k when allowed and missing; a
+    ``.gz`` file stands in for a missing plain one."""
     if corpus not in CORPORA:
         folder = Path(corpus)
         if not folder.is_dir():
@@ -152,7 +159,7 @@ def split_paths(
                 f"unknown corpus {corpus!r}: neither a named corpus "
                 f"({', '.join(CORPORA)}) nor a directory"
             )
-        return folder / f"{split}.{src}", folder / f"{split}.{tgt}"
+        return _or_gz(folder / f"{split}.{src}"), _or_gz(folder / f"{split}.{tgt}")
     spec = CORPORA[corpus]
     for lang in (src, tgt):
         if lang not in spec.langs:
@@ -161,7 +168,7 @@ def split_paths(
         raise CorpusError(f"{corpus}: unknown split {split!r} (has {', '.join(spec.splits)})")
     names = (spec.filename(split, src), spec.filename(split, tgt))
     for d in data_dirs(data_dir):
-        paths = tuple(d / spec.folder / n for n in names)
+        paths = tuple(_or_gz(d / spec.folder / n) for n in names)
         if all(p.is_file() for p in paths):
             return paths
     if spec.name == "synthetic":

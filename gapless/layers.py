@@ -224,17 +224,32 @@ PROJECTIONS = {"separate": SeparateQKV, "shared_qk": SharedQK, "none": NoProject
 
 def attend(q, k, v, key_mask, causal: bool, scale: float, dropout: float) -> torch.Tensor:
     """softmax(scale * q k^T + mask) v, Vaswani et al. eq. 1. q [B,H,T,Dh], k/v [B,H,S,Dh],
-    key_mask [B,1,1,S] (may attend). On GPU the fused SDPA kernels; on CPU plain matmuls, faster
-    there than the CPU flash kernel for sentence-length sequences (docs/benchmarks.md)."""
+    key_mask [B,1,1,S] (may attend) or None (no padding). On GPU the fused SDPA kernels
+    (``attend_fused``); on CPU plain matmuls (``attend_matmul``), faster there than the CPU
+    flash kernel for sentence-length sequences (docs/benchmarks.md)."""
     if q.is_cuda:
-        t, s = q.shape[-2], k.shape[-2]
-        if causal and t != s:  # SDPA's is_causal aligns top-left; cached chunks need bottom-right
-            allowed = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
-            key_mask = allowed if key_mask is None else key_mask & allowed
-            causal = False
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=dropout, is_causal=causal, scale=scale
-        )
+        return attend_fused(q, k, v, key_mask, causal, scale, dropout)
+    return attend_matmul(q, k, v, key_mask, causal, scale, dropout)
+
+
+def attend_fused(q, k, v, key_mask, causal: bool, scale: float, dropout: float) -> torch.Tensor:
+    """``attend`` with ``F.scaled_dot_product_attention``. The flash kernel takes no mask: a
+    causal square block (training's decoder self-attention) goes as ``is_causal`` and no mask,
+    so does a source without padding (key_mask None); a padded source's key mask goes to the
+    kernels that take one (memory-efficient, cuDNN). SDPA's ``is_causal`` aligns top-left, so
+    a causal chunk after cached steps (t < s) gets the bottom-right triangle as a mask."""
+    t, s = q.shape[-2], k.shape[-2]
+    if causal and t != s:
+        allowed = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+        key_mask = allowed if key_mask is None else key_mask & allowed
+        causal = False
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=key_mask, dropout_p=dropout, is_causal=causal, scale=scale
+    )
+
+
+def attend_matmul(q, k, v, key_mask, causal: bool, scale: float, dropout: float) -> torch.Tensor:
+    """``attend`` as explicit matmuls, masked_fill and softmax (dropout: gapless's CPU masks)."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B,H,T,S]
     if causal:
         t, s = scores.shape[-2:]

@@ -87,12 +87,15 @@ class Transformer(nn.Module):
         self.dec_norm = norm_layer(cfg) if pre else None
 
     # ------------------------------------------------------------------ encoder
-    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """src [B,S] ids -> (memory [B,S,D], src_mask [B,S] real tokens)."""
-        src_mask = src.ne(self.pad_id)
+    def encode(self, src: torch.Tensor,
+               padded: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """src [B,S] ids -> (memory [B,S,D], src_mask [B,S] real tokens). ``padded=False``
+        promises that src holds no PAD (the caller checked on the host): src_mask is then None
+        and attention runs without a key mask (on GPU: the flash kernel)."""
+        src_mask = src.ne(self.pad_id) if padded else None
         x = self.src_embed(src) * self.embed_scale + self.src_pos(0, src.shape[1])
         x = self.dropout(x)
-        key_mask = src_mask[:, None, None, :]  # [B,1,1,S]
+        key_mask = None if src_mask is None else src_mask[:, None, None, :]  # [B,1,1,S]
         for layer in self.encoder:
             x = layer(x, key_mask, src_mask)
         if self.enc_norm is not None:
@@ -108,7 +111,7 @@ class Transformer(nn.Module):
         self,
         tgt: torch.Tensor,  # ids [B,T] or raw embeddings [B,T,D]
         memory: torch.Tensor,  # [B,S,D]
-        src_mask: torch.Tensor,  # [B,S]
+        src_mask: torch.Tensor | None,  # [B,S]; None: no padding (``encode(padded=False)``)
         tgt_mask: torch.Tensor | None = None,  # [B,T] real target tokens (BatchNorm only)
         cache: list[Cache] | None = None,
         start: int = 0,  # position of tgt[:, 0] (cached decoding)
@@ -122,7 +125,7 @@ class Transformer(nn.Module):
         emb = self.embed_target(tgt) if tgt.dtype == torch.long else tgt
         x = emb * self.embed_scale + self.tgt_pos(start, emb.shape[1])
         x = self.dropout(x)
-        key_mask = src_mask[:, None, None, :]
+        key_mask = None if src_mask is None else src_mask[:, None, None, :]
         last = len(self.decoder) - 1
         for i, layer in enumerate(self.decoder):
             x = layer(x, memory, key_mask, tgt_mask, None if cache is None else cache[i],

@@ -1,21 +1,35 @@
-"""``gapless prepare``: joint SentencePiece model + checked, encoded corpus in the run directory."""
+"""``gapless prepare``: joint SentencePiece model + checked, encoded corpus in the run directory.
+
+The training split is streamed: counted, sampled for SentencePiece, then encoded chunk by chunk
+(``data.workers`` processes) into memory-mapped shards (``data/train/``); the validation split
+is small and goes the same way in memory (``data/valid/``).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as config_mod
 from .checkpoint import RunDir, atomic_write_bytes, atomic_write_text
-from .config import Config
+from .config import Config, DataConfig
 from .corpora import split_paths
-from .data import CorpusError, ParallelData, Vocab, read_lines, read_parallel
+from .data import CorpusError, PairRules, ParallelData, Vocab, load_split, read_lines, read_parallel
+from .data import split_path as prepared_split
+from .data.encode import encode_split
+from .data.text import check_aligned, scan
+from .data.vocab import sample_indices, write_sample
 from .textio import relative_path
 
 log = logging.getLogger(__name__)
+
+# settings added after runs were prepared: in the data key only when they differ from the
+# default, so such a run's key still matches
+LATER_KEYS = ("spm_sample", "max_len_ratio", "dedup", "drop_identical")
 
 
 @dataclass
@@ -29,10 +43,13 @@ class Prepared:
 
 
 def _data_key(cfg: Config) -> dict:
-    d = cfg.data
-    return {k: getattr(d, k) for k in ("corpus", "src_lang", "tgt_lang", "train_split",
-                                       "valid_split", "vocab_size", "spm_type",
-                                       "character_coverage", "max_len", "bad_pairs")}
+    """The settings that change the prepared data (not ``workers``, not ``shard_pairs``)."""
+    d, default = cfg.data, DataConfig()
+    key = {k: getattr(d, k) for k in ("corpus", "src_lang", "tgt_lang", "train_split",
+                                      "valid_split", "vocab_size", "spm_type",
+                                      "character_coverage", "max_len", "bad_pairs")}
+    key.update({k: getattr(d, k) for k in LATER_KEYS if getattr(d, k) != getattr(default, k)})
+    return key
 
 
 def paths(cfg: Config, split: str) -> tuple[Path, Path]:
@@ -40,27 +57,64 @@ def paths(cfg: Config, split: str) -> tuple[Path, Path]:
     return split_paths(d.corpus, split, d.src_lang, d.tgt_lang, d.data_dir, d.download)
 
 
-def _vocabulary(cfg: Config, run: RunDir, lines: list[str], vocab_from) -> Vocab:
-    """The joint SentencePiece model: copied from ``vocab_from``, or trained on ``lines``."""
+def _check_train(files: tuple[Path, Path]) -> int:
+    """The training split's pair count, after checking that the files align and hold text."""
+    scanned = [scan(path) for path in files]
+    check_aligned(files, [n for n, _ in scanned])
+    for path, (_, has_text) in zip(files, scanned):
+        if not has_text:
+            raise CorpusError(f"{path}: the training split has no non-blank line")
+    return scanned[0][0]
+
+
+def _vocabulary(cfg: Config, run: RunDir, files: tuple[Path, Path], pairs: int,
+                vocab_from) -> Vocab:
+    """The joint SentencePiece model: copied from ``vocab_from``, or trained on the non-blank
+    lines of both sides (source first) of every pair, or of ``data.spm_sample`` pairs drawn
+    uniformly when there are more."""
     if vocab_from is not None:
         for suffix in (".model", ".vocab"):
             source = RunDir(vocab_from).spm_prefix.with_suffix(suffix)
             if source.is_file():
                 atomic_write_bytes(run.spm_prefix.with_suffix(suffix), source.read_bytes())
         return Vocab(run.spm_model)
+    d = cfg.data
+    chosen = sample_indices(pairs, d.spm_sample, cfg.train.seed)
+    if chosen is not None:
+        log.info("SentencePiece trains on %d of %d pairs, drawn uniformly", len(chosen), pairs)
     with tempfile.TemporaryDirectory() as tmp:
-        # SentencePiece reads files; drop blank lines it would otherwise count
         joint = Path(tmp) / "joint.txt"
-        joint.write_text("".join(x + "\n" for x in lines if x.strip()), encoding="utf-8")
-        return Vocab.train([joint], run.spm_prefix, cfg.data.vocab_size, cfg.data.spm_type,
-                           cfg.data.character_coverage, seed=cfg.train.seed)
+        write_sample(files, chosen, joint)
+        return Vocab.train([joint], run.spm_prefix, d.vocab_size, d.spm_type,
+                           d.character_coverage, seed=cfg.train.seed, sentences=d.spm_sample)
 
 
 def _reuse(run: RunDir, report: dict, valid_paths: tuple[Path, Path]) -> Prepared:
     """An earlier preparation with the same data settings, read back."""
-    return Prepared(Vocab(run.spm_model), ParallelData.load(run.data / "train.safetensors"),
-                    ParallelData.load(run.data / "valid.safetensors"),
-                    read_lines(valid_paths[0]), read_lines(valid_paths[1]), report)
+    return Prepared(Vocab(run.spm_model), load_split(run.data, "train"),
+                    load_split(run.data, "valid"), read_lines(valid_paths[0]),
+                    read_lines(valid_paths[1]), report)
+
+
+def _valid(cfg: Config, vocab: Vocab, files: tuple[Path, Path]) -> tuple[ParallelData, list, list]:
+    """The validation split, encoded unfiltered, and its raw text."""
+    v_src, v_ref = read_parallel(*files)
+    if not any(line.strip() for line in v_src) or not any(line.strip() for line in v_ref):
+        raise CorpusError(f"{files[0]}, {files[1]}: the validation split has no "
+                          "non-blank pair (its BLEU would say nothing)")
+    valid, _ = ParallelData.from_text(vocab, v_src, v_ref, cfg.data.max_len, "drop",
+                                      names=(str(files[0]), str(files[1])), filter_pairs=False)
+    return valid, v_src, v_ref
+
+
+def _encode_train(cfg: Config, vocab: Vocab, files: tuple[Path, Path], out: Path):
+    """Stream the training split into shards under ``out``; the filter report."""
+    d = cfg.data
+    rules = PairRules(d.max_len, d.bad_pairs, (str(files[0]), str(files[1])),
+                      max_len_ratio=d.max_len_ratio, drop_identical=d.drop_identical,
+                      dedup=d.dedup)
+    workers = (os.cpu_count() or 1) if d.workers is None else d.workers
+    return encode_split(vocab, files, rules, out, d.shard_pairs, workers)
 
 
 def prepare(
@@ -82,43 +136,34 @@ def prepare(
                                     "no SentencePiece model")
         key["vocab_from"] = str(Path(vocab_from).resolve())
         key["vocab_size"] = None  # the base's, whatever the config says
-    train_src, train_tgt = paths(cfg, cfg.data.train_split)
-    valid_src_path, valid_tgt_path = paths(cfg, cfg.data.valid_split)
-    if not force and report_path.is_file() and run.spm_model.is_file():
+    train_files = paths(cfg, cfg.data.train_split)
+    valid_files = paths(cfg, cfg.data.valid_split)
+    if not force and report_path.is_file() and run.spm_model.is_file() and all(
+            prepared_split(run.data, s) for s in ("train", "valid")):
         report = json.loads(report_path.read_text())
         if report.get("key") == key:
-            return _reuse(run, report, (valid_src_path, valid_tgt_path))
+            return _reuse(run, report, valid_files)
         log.warning("data settings changed since the last prepare: preparing again")
-    src_lines, tgt_lines = read_parallel(train_src, train_tgt)
-    for path, lines in ((train_src, src_lines), (train_tgt, tgt_lines)):
-        if not any(line.strip() for line in lines):
-            raise CorpusError(f"{path}: the training split has no non-blank line")
-    vocab = _vocabulary(cfg, run, src_lines + tgt_lines, vocab_from)
-    train, train_report = ParallelData.from_text(
-        vocab, src_lines, tgt_lines, cfg.data.max_len, cfg.data.bad_pairs,
-        names=(str(train_src), str(train_tgt)),
-    )
-    v_src, v_ref = read_parallel(valid_src_path, valid_tgt_path)
-    if not any(line.strip() for line in v_src) or not any(line.strip() for line in v_ref):
-        raise CorpusError(f"{valid_src_path}, {valid_tgt_path}: the validation split has no "
-                          "non-blank pair (its BLEU would say nothing)")
-    valid, _ = ParallelData.from_text(
-        vocab, v_src, v_ref, cfg.data.max_len, "drop", filter_pairs=False,
-        names=(str(valid_src_path), str(valid_tgt_path)),
-    )
-    train.save(run.data / "train.safetensors")
-    valid.save(run.data / "valid.safetensors")
+    pairs = _check_train(train_files)
+    vocab = _vocabulary(cfg, run, train_files, pairs, vocab_from)
+    valid, v_src, v_ref = _valid(cfg, vocab, valid_files)
+    train_report = _encode_train(cfg, vocab, train_files, run.data / "train")
+    valid.save(run.data / "valid")
+    for split in ("train", "valid"):  # the files of a run prepared before shards
+        (run.data / f"{split}.safetensors").unlink(missing_ok=True)
+    train = load_split(run.data, "train")
     report = {
         "key": key,
         "vocab_size": len(vocab),
-        "train_files": [relative_path(train_src), relative_path(train_tgt)],
-        "valid_files": [relative_path(valid_src_path), relative_path(valid_tgt_path)],
+        "train_files": [relative_path(train_files[0]), relative_path(train_files[1])],
+        "valid_files": [relative_path(valid_files[0]), relative_path(valid_files[1])],
         "train": train_report.__dict__,
         "train_summary": train_report.summary(),
+        "train_shards": len(train.shards),
         "valid_pairs": len(valid),
     }
     atomic_write_text(report_path, json.dumps(report, indent=1))
     log.info("prepared %s: %s", run.path, train_report.summary())
     cfg.model.vocab_size = len(vocab)
     config_mod.save(cfg, run.config)
-    return Prepared(vocab, train, valid, v_src, v_ref, report)
+    return Prepared(vocab, train, load_split(run.data, "valid"), v_src, v_ref, report)

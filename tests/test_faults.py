@@ -139,8 +139,8 @@ def _nan_after(n_calls: int, monkeypatch):
     calls = {"n": 0}
     original = Criterion.forward
 
-    def forward(self, batch, progress):
-        loss, size, logging_output = original(self, batch, progress)
+    def forward(self, batch, progress, *args, **kwargs):
+        loss, size, logging_output = original(self, batch, progress, *args, **kwargs)
         calls["n"] += 1
         if torch.is_grad_enabled() and calls["n"] == n_calls + 1:  # one poisoned batch
             loss = loss * float("nan")

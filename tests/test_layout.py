@@ -17,6 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "gapless"
 
 LAYERS = [
+    {"strategy_config"},
     {"config", "metrics", "dropout", "runtime", "packing", "verify", "runlock", "textio"},
     {"presets", "layers", "data", "schedules", "checkpoint"},
     {"model", "corpora", "decode"},

@@ -1,8 +1,11 @@
-"""gapless.strategies: two-pass scheduled sampling and the word oracle (methods.md 3-4).
+"""gapless.strategies: two-pass scheduled sampling, the oracles, minimum risk training and
+confidence-aware scheduled sampling (methods.md 3-5).
 
 Properties, not golden tensors: p = 1 is teacher forcing exactly; p = 0 feeds the shifted
 first-pass predictions; BOS and PAD slots stay gold; a one-hot soft input is the gold token;
-tau changes the sample's entropy; every strategy overfits one batch; training logs the stats.
+tau changes the sample's entropy; every strategy overfits one batch; training logs the stats;
+MRT's risk is the hand-computed expectation and its gradient favours the better candidate;
+CASS routes each slot by its scripted confidence.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import torch.nn.functional as F
 from gapless import config as config_mod
 from gapless.checkpoint import RunDir
 from gapless.config import ConfigError, ModelConfig, StrategyConfig
-from gapless.data import BOS, EOS, PAD, Batch, pad_sequences
+from gapless.data import BOS, EOS, PAD, UNK, Batch, pad_sequences
+from gapless.metrics import sentence_bleu
 from gapless.model import Transformer
 from gapless.strategies import (
     PREDICTED,
@@ -25,8 +29,11 @@ from gapless.strategies import (
     Progress,
     TeacherForcing,
     build_strategy,
+    candidate_log_probs,
     categorical_sample,
+    expected_risk,
     fed_positions,
+    first_occurrences,
     gumbel_noise,
     mix,
     topk_weights,
@@ -380,7 +387,9 @@ def test_config_choices_and_ranges():
     for bad in ({"strategy.predicted": "bogus"}, {"strategy.name": "nope"},
                 {"strategy.schedule": "constant", "strategy.constant_p": 2.0},
                 {"strategy.temperature": 0.0}, {"strategy.schedule_unit": "step"},
-                {"strategy.name": "scheduled_sampling", "strategy.sigmoid_k": 0.5}):
+                {"strategy.name": "scheduled_sampling", "strategy.sigmoid_k": 0.5},
+                {"strategy.name": "minimum_risk", "strategy.mle_weight": 0.5},
+                {"strategy.mrt_alpha": 0}, {"strategy.cass_high": 1.5}):
         with pytest.raises(ConfigError):
             config_mod.from_dict(None, bad)
     ok = config_mod.from_dict(None, {"strategy.name": "word_oracle", "strategy.or_nmt_mu": 50,
@@ -434,7 +443,7 @@ def test_oracle_search_under_cpu_bf16_autocast_uses_a_packed_bf16_twin():
 def test_sentence_oracle_picks_the_best_bleu_candidate(monkeypatch):
     """Scripted beams: sentence 0's second beam is the reference (BLEU 1) and wins; sentence 1
     has only zero-BLEU candidates: the beam's best (first) is kept."""
-    import gapless.strategies as strategies_mod
+    import gapless.strategies.oracle as strategies_mod
     from gapless.decode import Hypothesis
 
     batch = _batch(size=2)
@@ -641,3 +650,330 @@ def test_soft_costs_two_table_products_more_than_argmax():
         replaced[kind] = round(strategy.stats()["replaced"] * int(_replaceable(batch).sum()))
     assert replaced["argmax"] == replaced["soft"] > 0
     assert flops["soft"] - flops["argmax"] == 4 * replaced["soft"] * V * model.cfg.d_model
+
+
+# ----------------------------------------------------------------------------------------------
+# minimum risk training (Shen et al. 2016) and confidence-aware scheduled sampling (Liu et al.
+# 2021): the settings that reduce each to teacher forcing
+
+
+DEGENERATE = [("minimum_risk", {"mrt_weight": 0.0}), ("confidence_aware", {"cass_low": 1.0}),
+              ("confidence_aware", {"cass_low": 1.0, "predicted": "soft"})]
+
+
+@pytest.mark.parametrize("name,kw", DEGENERATE, ids=["mrt_w0", "cass_argmax", "cass_soft"])
+def test_degenerate_settings_give_the_teacher_forcing_step_exactly(name, kw, monkeypatch):
+    """mrt_weight 0 samples nothing; cass_low 1 sends every slot to gold and skips the first
+    pass: loss, NLL and every gradient equal teacher forcing's, dropout on, same seed."""
+    model, batch = _model(dropout=0.1), _batch()
+    ref = _loss_and_grads(model, TeacherForcing(StrategyConfig()), batch)
+    strategy = build_strategy(StrategyConfig(name=name, **kw))
+    if name == "minimum_risk":
+        monkeypatch.setattr(strategy, "candidates", lambda *a: pytest.fail("sampled"))
+    _assert_same(_loss_and_grads(model, strategy, batch), ref)
+
+
+@pytest.mark.parametrize("predicted", ["argmax", "soft"])
+def test_cass_with_every_slot_gold_through_the_first_pass_is_teacher_forcing(predicted):
+    """The routing path itself (no shortcut): the first pass runs, every slot goes to gold."""
+    model, batch = _model(), _batch()
+    ref = _loss_and_grads(model, TeacherForcing(StrategyConfig()), batch)
+    strategy = build_strategy(StrategyConfig(name="confidence_aware", cass_low=1.0,
+                                             predicted=predicted))
+    strategy.decoder_inputs = lambda m, b, mem, sm, progress, cross=None: (
+        strategy.confident_inputs(m, b, mem, sm, cross))
+    _assert_same(_loss_and_grads(model, strategy, batch), ref)
+    stats = strategy.stats()
+    assert stats["p_gold"] == 1.0 and stats["replaced"] == 0.0 and stats["random_fed"] == 0.0
+
+
+def test_cass_mle_weight_adds_the_first_pass_loss():
+    """All gold with mle_weight (the published recipe's first-pass loss): dropout off, the first
+    pass is the teacher-forced pass, so the loss is (1 + w) x teacher forcing's."""
+    model, batch = _model(), _batch()
+    ref_loss, ref_nll, _ = _loss_and_grads(model, TeacherForcing(StrategyConfig()), batch)
+    strategy = build_strategy(StrategyConfig(name="confidence_aware", cass_low=1.0,
+                                             mle_weight=1.0))
+    loss, nll, _ = _loss_and_grads(model, strategy, batch)
+    torch.testing.assert_close(loss, 2.0 * ref_loss)
+    assert torch.equal(nll, ref_nll)
+
+
+# ----------------------------------------------------------------------------------------------
+# minimum risk training
+
+
+def test_expected_risk_is_the_hand_computed_expectation():
+    """Two candidates, log p = -1 and -3, BLEU 1.0 and 0.2, alpha 0.5: Q = softmax(0.5 log p)
+    = (1 / (1 + e^-1), e^-1 / (1 + e^-1)), risk = Q2 * (1 - 0.2). A duplicate of the second
+    candidate (keep False) changes nothing."""
+    log_p = torch.tensor([[-1.0, -3.0]])
+    bleu = torch.tensor([[1.0, 0.2]])
+    q2 = math.exp(-1) / (1 + math.exp(-1))
+    risk = expected_risk(log_p, bleu, 0.5)
+    torch.testing.assert_close(risk, torch.tensor([q2 * 0.8]))
+    with_dup = expected_risk(torch.tensor([[-1.0, -3.0, -3.0]]), torch.tensor([[1.0, 0.2, 0.2]]),
+                             0.5, keep=torch.tensor([[True, True, False]]))
+    torch.testing.assert_close(with_dup, risk)
+    cand = torch.tensor([[[5, 6, 0], [7, 0, 0], [5, 6, 0], [7, 0, 0]]])
+    assert first_occurrences(cand).tolist() == [[True, True, False, False]]
+
+
+def test_risk_gradient_favours_the_higher_bleu_candidate():
+    """d risk / d log p(c) = alpha Q(c) (Delta(c) - risk): negative for the better candidate,
+    positive for the worse, so a descent step moves probability to the higher BLEU."""
+    log_p = torch.tensor([[-2.0, -2.5, -1.0]], requires_grad=True)
+    bleu = torch.tensor([[0.9, 0.4, 0.1]])
+    expected_risk(log_p, bleu, 0.7).sum().backward()
+    grad = log_p.grad[0]
+    assert grad[0] < 0 < grad[2]
+    q = (0.7 * log_p.detach()).softmax(-1)[0]
+    risk = float((q * (1 - bleu[0])).sum())
+    torch.testing.assert_close(grad, 0.7 * q * (1 - bleu[0] - risk))
+
+
+def test_alpha_sharpens_the_candidate_distribution():
+    """alpha -> 0: Q uniform (the risk is the mean of 1 - BLEU); larger alpha: a sharper Q, the
+    risk moves to the most probable candidate's (here the worst)."""
+    log_p = torch.tensor([[-1.0, -4.0, -9.0]])
+    bleu = torch.tensor([[0.2, 0.5, 0.9]])
+    entropies, risks = [], []
+    for alpha in (1e-6, 0.005, 0.5, 5.0):
+        q = (alpha * log_p).softmax(-1)
+        entropies.append(float(-(q * q.log()).sum()))
+        risks.append(float(expected_risk(log_p, bleu, alpha)))
+    assert entropies == sorted(entropies, reverse=True) and len(set(entropies)) == 4
+    assert risks[0] == pytest.approx(float((1 - bleu).mean()), abs=1e-5)
+    assert risks == sorted(risks) and risks[-1] == pytest.approx(0.8, abs=1e-6)
+
+
+def test_candidate_log_probs_are_the_teacher_forced_sums():
+    """A candidate equal to its reference scores the reference's teacher-forced log-likelihood
+    (EOS included), whatever the other candidates' lengths; dropout off."""
+    model, batch = _model(), _batch(size=3)
+    refs = batch.tgt_in[:, 1:]
+    short = refs.clone()
+    short[:, 1:] = PAD  # a one-token candidate
+    cand = torch.stack([short, refs], 1)  # [B,2,L]
+    memory, src_mask = model.encode(batch.src)
+    with torch.no_grad():
+        got = candidate_log_probs(model, cand, memory, src_mask, model.cross_cache(memory))
+        lp = torch.log_softmax(model.decode(batch.tgt_in, memory, src_mask).float(), -1)
+        mask = batch.tgt_out.ne(PAD)
+        want = (lp.gather(-1, batch.tgt_out[..., None]).squeeze(-1) * mask).sum(1)
+        one = lp[:, 0].gather(-1, refs[:, :1]).squeeze(-1)
+        eos = torch.log_softmax(model.decode(torch.stack([batch.tgt_in[:, 0], refs[:, 0]], 1),
+                                             memory, src_mask).float(), -1)[:, 1, EOS]
+    torch.testing.assert_close(got[:, 1], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[:, 0], one + eos, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # a source without padding: encode may give no source mask
+        unpadded, _ = model.encode(batch.src[-1:])
+        assert torch.equal(candidate_log_probs(model, cand[-1:], unpadded, None),
+                           candidate_log_probs(model, cand[-1:], unpadded, src_mask[-1:]))
+
+
+def _mrt(monkeypatch, batch, **kw):
+    """A minimum_risk strategy whose candidates are scripted: per sentence the reference and a
+    sentence of UNK of the same length (BLEU 1 and 0)."""
+    strategy = build_strategy(StrategyConfig(name="minimum_risk", **kw))
+    refs = batch.tgt_in[:, 1:]
+    bad = torch.where(refs.ne(PAD), torch.full_like(refs, UNK), refs)
+    monkeypatch.setattr(strategy, "candidates", lambda model, b: torch.stack([refs, bad], 1))
+    return strategy
+
+
+def test_mrt_loss_interpolates_the_token_loss_and_the_scripted_risk(monkeypatch):
+    """loss = (1 - w) x the token-level loss + w x mean risk x target tokens, the risk by hand
+    from the candidates' log-probs and BLEU (1 and 0); the logging output carries it."""
+    model, batch = _model(), _batch(size=4)
+    ref_loss, ref_nll, _ = _loss_and_grads(model, TeacherForcing(StrategyConfig()), batch)
+    strategy = _mrt(monkeypatch, batch, mrt_weight=0.3, mrt_alpha=0.5)
+    loss, _, logging = Criterion(model, strategy, 0.1)(batch, AT)
+    cand = strategy.candidates(model, batch)
+    B, M, L = cand.shape
+    bleu = sentence_bleu(cand.view(B * M, L), batch.tgt_in[:, 1:].repeat_interleave(M, 0))
+    assert bleu.view(B, M).tolist() == [[1.0, 0.0]] * B
+    with torch.no_grad():
+        memory, src_mask = model.encode(batch.src)
+        q = (0.5 * candidate_log_probs(model, cand, memory, src_mask)).softmax(-1)
+    risk = q[:, 1]  # only the UNK candidate has a risk (1 - 0)
+    tokens = int(batch.tgt_out.ne(PAD).sum())
+    torch.testing.assert_close(loss.detach(), 0.7 * ref_loss + 0.3 * risk.mean() * tokens)
+    assert torch.equal(logging["nll"], ref_nll)
+    torch.testing.assert_close(logging["mrt_risk"], risk.sum())
+    stats = strategy.stats()
+    assert stats["mrt_risk"] == pytest.approx(float(risk.mean()), abs=1e-4)
+    assert stats["mrt_bleu"] == 0.5 and stats["mrt_unique"] == 1.0
+
+
+def test_mrt_step_moves_probability_to_the_higher_bleu_candidate(monkeypatch):
+    """MRT alone (w = 1): a few descent steps raise log p(reference) - log p(UNK sentence)."""
+    model, batch = _model(), _batch(size=4)
+    strategy = _mrt(monkeypatch, batch, mrt_weight=1.0, mrt_alpha=1.0)
+    cand = strategy.candidates(model, batch)
+
+    def margin():
+        with torch.no_grad():
+            memory, src_mask = model.encode(batch.src)
+            lp = candidate_log_probs(model, cand, memory, src_mask)
+        return float((lp[:, 0] - lp[:, 1]).mean())
+
+    before = margin()
+    criterion = Criterion(model, strategy, 0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        criterion(batch, AT)[0].backward()
+        optimizer.step()
+    assert margin() > before + 0.1
+
+
+def test_mrt_samples_candidates_within_the_length_limits():
+    """Ancestral samples in eval mode (mode restored): N per sentence, no BOS / EOS / PAD
+    inside, at most a x (source tokens + EOS) + b tokens; the reference joins with
+    mrt_reference (its copies count once)."""
+    model, batch = _model(dropout=0.1), _batch(size=3)
+    strategy = build_strategy(StrategyConfig(name="minimum_risk", mrt_samples=5,
+                                             mrt_max_len_a=0.5, mrt_max_len_b=1))
+    torch.manual_seed(0)
+    cand = strategy.candidates(model.train(), batch)
+    assert model.training and cand.shape[:2] == (3, 5)
+    lengths = cand.ne(PAD).sum(-1)  # [B,N]
+    limit = (0.5 * batch.src.ne(PAD).sum(1) + 1).long()
+    assert bool((lengths >= 1).all()) and bool((lengths <= limit[:, None]).all())
+    real = cand[cand.ne(PAD)]
+    assert not bool((real.eq(BOS) | real.eq(EOS)).any())
+    assert bool((cand.ne(PAD).long().diff(dim=-1) <= 0).all())  # right-padded
+    ref = build_strategy(StrategyConfig(name="minimum_risk", mrt_samples=3, mrt_reference=True,
+                                        mrt_alpha=1.0))
+    refs = batch.tgt_in[:, 1:]
+    ref.candidates = lambda m, b: refs[:, None].expand(-1, 3, -1)  # every sample = reference
+    extra = ref.extra_loss(model, batch, *model.encode(batch.src))
+    assert float(extra.term.detach()) == 0.0 and extra.token_weight == 0.0  # BLEU 1: no risk
+    assert ref.stats() == {"mrt_risk": 0.0, "mrt_bleu": 1.0, "mrt_unique": round(1 / 3, 4)}
+
+
+# ----------------------------------------------------------------------------------------------
+# confidence-aware scheduled sampling
+
+
+def _scripted_confidences(batch: Batch, levels=(0.1, 0.4, 0.95)):
+    """First-pass logits [B,T,V] under which slot t's confidence p(y_t) at position t-1 is
+    levels[t % 3]; the rest of the mass goes mostly to an 'alternative' token (the argmax at
+    level 0.1 and 0.4), the remainder spread evenly."""
+    B, T = batch.tgt_in.shape
+    gold = batch.tgt_in[:, 1:]  # y_t, predicted at position t-1
+    alt = (gold - 4 + 1) % (V - 4) + 4  # != gold, never special
+    level = torch.tensor([levels[t % 3] for t in range(1, T)]).expand(B, -1)
+    other = torch.where(level < 0.5, 0.95 - level, 0.04)
+    probs = ((1 - level - other) / (V - 2))[..., None].repeat(1, 1, V)
+    probs.scatter_(-1, gold[..., None], level[..., None])
+    probs.scatter_(-1, alt[..., None], other[..., None])
+    logits = torch.cat([probs.log(), torch.zeros(B, 1, V)], dim=1)  # the last position unused
+    return logits, level, alt
+
+
+@pytest.mark.parametrize("random", [True, False])
+def test_cass_routes_each_slot_by_its_confidence(random, monkeypatch):
+    """Thresholds 0.3 / 0.7: confidence 0.1 -> gold, 0.4 -> the prediction of position t-1,
+    0.95 -> a token of the same sentence (cass_random) or the prediction (then the gold token,
+    the argmax there). BOS and PAD slots stay gold."""
+    model, batch = _model(), _batch()
+    logits, level, alt = _scripted_confidences(batch)
+    monkeypatch.setattr(model, "project", lambda hidden: logits)
+    strategy = build_strategy(StrategyConfig(name="confidence_aware", cass_low=0.3,
+                                             cass_high=0.7, cass_random=random))
+    tgt_in, real = batch.tgt_in, _replaceable(batch)
+    seen = set()
+    with torch.no_grad():
+        for seed in range(5):
+            torch.manual_seed(seed)
+            inputs = _inputs(model, batch, strategy)
+            slots = inputs[:, 1:]
+            low, mid, high = ((level == x) & real[:, 1:] for x in (0.1, 0.4, 0.95))
+            assert torch.equal(slots[low], tgt_in[:, 1:][low])
+            assert torch.equal(slots[mid], alt[mid])
+            if random:
+                for b, t in high.nonzero().tolist():
+                    own = set(tgt_in[b, 1:][tgt_in[b, 1:].ne(PAD)].tolist())
+                    assert slots[b, t].item() in own
+                    seen.add((b, t, slots[b, t].item()))
+            else:
+                assert torch.equal(slots[high], tgt_in[:, 1:][high])
+            assert torch.equal(inputs[~real], tgt_in[~real])
+    stats = strategy.stats()
+    n_high, n_real = int(high.sum()), int(real.sum())
+    assert stats["random_fed"] == pytest.approx(n_high / n_real if random else 0.0, abs=1e-4)
+    assert stats["p_gold"] == pytest.approx(int(low.sum()) / n_real, abs=1e-4)
+    assert stats["gold_confidence"] == pytest.approx(float(level[real[:, 1:]].mean()), abs=1e-4)
+    if random:
+        assert len(seen) > n_high  # the noisy tokens are drawn anew
+
+
+def test_cass_confidence_is_the_first_pass_probability_of_the_gold_token():
+    """c[:, t] = softmax(first pass at position t-1)[y_t]; slot 0 (BOS) gets 0."""
+    model, batch = _model(), _batch()
+    strategy = build_strategy(StrategyConfig(name="confidence_aware"))
+    with torch.no_grad():
+        memory, src_mask = model.encode(batch.src)
+        conf, logits1 = strategy.confidence(model, batch, memory, src_mask)
+        probs = model.decode(batch.tgt_in, memory, src_mask).float().softmax(-1)
+    want = probs[:, :-1].gather(-1, batch.tgt_in[:, 1:, None]).squeeze(-1)
+    assert bool((conf[:, 0] == 0).all()) and logits1.shape == (*batch.tgt_in.shape, V)
+    torch.testing.assert_close(conf[:, 1:], want)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("minimum_risk", {"mrt_weight": 0.5, "mrt_samples": 2}),
+    ("confidence_aware", {"cass_low": 0.2, "cass_high": 0.9}),
+], ids=["mrt", "cass"])
+def test_mrt_and_cass_overfit_one_batch(name, kw):
+    """Trained on one batch, the model learns it: its teacher-forced NLL falls (CASS's own
+    second-pass NLL oscillates on a tiny model: confident slots get noisy inputs)."""
+    model, batch = _model(), _batch()
+    teacher = Criterion(model, TeacherForcing(StrategyConfig()), 0.0)
+    with torch.no_grad():
+        before = float(teacher(batch, AT)[2]["nll"])
+    strategy = build_strategy(StrategyConfig(name=name, **kw))
+    criterion = Criterion(model, strategy, 0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    stats = []
+    for _ in range(40):
+        loss = criterion(batch, AT)[0]
+        optimizer.zero_grad()
+        (loss / batch.n_tokens).backward()
+        optimizer.step()
+        stats.append(strategy.stats())
+    with torch.no_grad():
+        after = float(teacher(batch, AT)[2]["nll"])
+    assert after < 0.25 * before, (before, after)
+    if name == "minimum_risk":  # the samples approach the references
+        assert stats[-1]["mrt_risk"] < 0.6 * stats[0]["mrt_risk"]
+    else:  # confident slots are fed predictions and random tokens
+        assert stats[-1]["replaced"] > 0.3 and stats[-1]["random_fed"] > 0
+
+
+@pytest.mark.parametrize("name,keys", [
+    ("minimum_risk", {"mrt_risk", "mrt_bleu", "mrt_unique"}),
+    ("confidence_aware", {"p_gold", "replaced", "random_fed", "gold_confidence"}),
+], ids=["mrt", "cass"])
+def test_train_end_to_end_logs_mrt_and_cass_stats(name, keys, tiny_corpus, tmp_path):
+    """`gapless train configs/tiny.yaml --strategy.name NAME` in-process: the interval records
+    carry the strategy's figures and its share of the step time."""
+    overrides = [
+        "--data.corpus", str(tiny_corpus), "--train.device", "cpu", "--train.dtype", "fp32",
+        "--train.threads", "1", "--train.max_updates", "4", "--train.log_every", "2",
+        "--train.valid_every", "4", "--train.save_every", "4",
+        "--train.valid_max_sentences", "4", "--decode.beam", "1", "--strategy.name", name,
+        "--strategy.mrt_samples", "2", "--strategy.mrt_weight", "0.5",
+    ]
+    state = train(config_mod.load(TINY, overrides), tmp_path / "run")
+    assert state.update == 4
+    records = [r for r in RunDir(tmp_path / "run").read_log() if r["kind"] == "train"]
+    assert [r["update"] for r in records] == [2, 4]
+    for r in records:
+        assert keys <= r.keys() and r["strategy_s_per_update"] > 0
+        assert math.isfinite(r["loss"])
+    if name == "minimum_risk":
+        assert all(0.0 <= r["mrt_risk"] <= 1.0 for r in records)

@@ -432,16 +432,32 @@ def _launch_ddp(tmp_path: Path, spec: list) -> None:
     assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
 
 
-def test_ddp_resume_with_dropout_is_exact(prepared, tmp_path):
-    """A 2-rank run with dropout killed at update 2 and resumed to 4 equals the uninterrupted
-    2-rank run: each rank restores its own RNG state (its own dropout masks)."""
+# oracles cached for good, and an epoch of about 4 updates: the resumed epoch reuses them
+CACHED_ORACLE = {"strategy.name": "sentence_oracle", "strategy.schedule": "constant",
+                 "strategy.constant_p": 0.5, "strategy.oracle_beam": 2,
+                 "strategy.oracle_refresh": 1000, "train.max_tokens": 512}
+
+
+@pytest.mark.parametrize("strategy,kill,updates", [({}, 2, 4), (CACHED_ORACLE, 5, 9)],
+                         ids=["dropout", "cached_oracle"])
+def test_ddp_resume_with_dropout_is_exact(prepared, tmp_path, strategy, kill, updates):
+    """A 2-rank run with dropout killed and resumed equals the uninterrupted 2-rank run: each
+    rank restores its own RNG state (its own dropout masks) and its own strategy state (the
+    oracles cached for the sentences that rank saw, reused in the next epoch)."""
     corpus = prepared[0]
-    over = {**_ddp_overrides(corpus, 4), "model.dropout": 0.1, "train.save_every": 2}
+    over = {**_ddp_overrides(corpus, updates), "model.dropout": 0.1, "train.save_every": 2,
+            **strategy}
     whole = _fresh_run(prepared, tmp_path / "whole")
     resumed = _fresh_run(prepared, tmp_path / "resumed")
-    _launch_ddp(tmp_path, [(str(whole), over), (str(resumed), {**over, "train.max_updates": 2}),
+    _launch_ddp(tmp_path, [(str(whole), over),
+                           (str(resumed), {**over, "train.max_updates": kill}),
                            (str(resumed), over)])
     assert (RunDir(resumed).checkpoints / "rng" / "rank1.safetensors").is_file()
+    own, straight = (json.loads((RunDir(r).checkpoints / "rng" / "rank1.json").read_text())
+                     for r in (resumed, whole))
+    assert own["update"] == updates
+    assert bool(own["strategy"].get("oracle_cache")) == bool(strategy)
+    assert own == straight  # the same oracles, searched at the same updates
     a, b = _weights(whole), _weights(resumed)
     inner = config_mod.load(whole / "config.yaml").model.d_model
     for name in a:

@@ -3,7 +3,6 @@ label-smoothed loss on real target tokens, returned with its logging outputs (fa
 
 from __future__ import annotations
 
-import functools
 import time
 
 import torch
@@ -58,19 +57,22 @@ class Criterion(nn.Module):
     (to backpropagate), the number of target tokens, and what the trainer sums up and logs:
     ``loss`` and ``nll`` (detached sums) and ``strategy_time`` (the strategy's share: seconds,
     or a pair of CUDA events so the step never waits for the device; absent for teacher
-    forcing)."""
+    forcing) and the figures of the strategy's ``extra_loss`` (e.g. ``mrt_risk``)."""
 
     def __init__(self, model, strategy: Strategy, eps: float):
         super().__init__()
         self.model, self.strategy, self.eps = model, strategy, eps
 
-    def forward(self, batch: Batch, progress: Progress) -> tuple[torch.Tensor, int, dict]:
-        memory, src_mask = self.model.encode(batch.src)
+    def forward(self, batch: Batch, progress: Progress,
+                src_padded: bool = True) -> tuple[torch.Tensor, int, dict]:
+        """``src_padded=False``: the caller saw on the host that ``batch.src`` has no PAD, so
+        attention runs without a source key mask (``Transformer.encode``)."""
+        memory, src_mask = self.model.encode(batch.src, src_padded)
         tgt_mask = batch.tgt_out.ne(PAD)  # from gold lengths, never from mixed inputs
         # the cross-attention K/V of memory, once: a two-pass strategy's first pass reuses them
         cross = self.model.cross_cache(memory)
         logging: dict = {}
-        inputs = self._inputs(batch, memory, src_mask, progress, cross, logging)
+        inputs, extra_loss = self._inputs(batch, memory, src_mask, progress, cross, logging)
         hidden = self.model.decode_hidden(inputs, memory, src_mask, tgt_mask,
                                           cache=[dict(c) for c in cross])  # [B,T,D]
         logits = self.model.project(hidden[tgt_mask])  # [N,V]: only real target tokens
@@ -79,14 +81,21 @@ class Criterion(nn.Module):
         for weight, extra in self.strategy.extra_hidden():  # e.g. the first pass (mle_weight)
             loss = loss + weight * label_smoothed_nll(self.model.project(extra[tgt_mask]),
                                                       target, self.eps)[0]
+        if extra_loss is not None:  # the strategy's own term (e.g. minimum risk training)
+            loss = extra_loss.token_weight * loss + extra_loss.term
+            logging.update(extra_loss.figures or {})
         logging.update(loss=loss.detach(), nll=nll)
-        return loss, int(target.numel()), logging
+        return loss, target.numel(), logging  # no int(): a compiled step keeps N symbolic
 
     def _inputs(self, batch, memory, src_mask, progress, cross, logging: dict):
-        """The strategy's decoder inputs; its time goes into ``logging`` (not for teacher
-        forcing)."""
-        ask = functools.partial(self.strategy.decoder_inputs, self.model, batch, memory,
-                                src_mask, progress, cross=cross)
+        """(the strategy's decoder inputs, its ``extra_loss``); their time goes into
+        ``logging`` (not for teacher forcing)."""
+        strategy, model = self.strategy, self.model
+
+        def ask():
+            inputs = strategy.decoder_inputs(model, batch, memory, src_mask, progress, cross=cross)
+            return inputs, strategy.extra_loss(model, batch, memory, src_mask, cross)
+
         if isinstance(self.strategy, TeacherForcing):
             return ask()
         if memory.is_cuda:

@@ -1,4 +1,13 @@
-"""The distributed context of a ``torchrun`` job: rank, world size, barriers, flags."""
+"""The distributed context of a ``torchrun`` job: rank, world size, barriers, flags.
+
+One machine: ``torchrun --nproc-per-node G -m gapless train CONFIG``. Several machines run
+the same command on each, with ``--nnodes N --node-rank R --master-addr HOST0 --master-port
+PORT`` (R = 0 on HOST0, which holds the rendezvous; ``tests/test_multinode.py`` runs two such
+nodes on one machine). The run directory must be one shared path on every machine: rank 0
+prepares and writes it, the other ranks read the prepared data and, on resume, the checkpoint
+from it. NCCL on CUDA, gloo on CPU; an update group is ``accum x world`` micro-batches,
+however many machines hold the ranks.
+"""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from ..strategies import Progress, build_strategy
 from ..verify import CheckpointError
 from .criterion import Criterion
 from .distributed import Distributed, training_device
+from .fastpath import compile_step, src_padded, to_device
 from .optim import build_optimizer, inverse_sqrt, set_lr
 from .stats import Interval
 from .validation import validate
@@ -107,6 +108,7 @@ class Trainer:
         self.step_module: nn.Module = self.criterion
         if self.ddp.world > 1:
             self.step_module = nn.parallel.DistributedDataParallel(self.criterion)
+        self.step_module = compile_step(self.step_module, self.t.compile)
 
     # ------------------------------------------------------------------ setup
     def _prepare(self, init_from) -> Prepared:
@@ -144,9 +146,8 @@ class Trainer:
         if self.ddp.main:
             self.run.truncate_log(state.update)
             log.info("resumed from update %d (epoch %d)", state.update, state.epoch)
-        elif not self.run.restore_rank_rng(self.ddp.rank, state.update):
-            log.warning("rank %d: no RNG state saved for update %d; dropout masks will differ "
-                        "from the uninterrupted run", self.ddp.rank, state.update)
+        else:
+            self._restore_rank(state.update)
         if state.update >= self.t.max_updates:  # a finished run: no further step
             state.stopped = state.stopped or "max_updates"
         elif self._out_of_time(state):
@@ -166,6 +167,16 @@ class Trainer:
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; no checkpoint of this run can be resumed: "
                                   "--restart starts over, discarding them") from None
+
+    def _restore_rank(self, update: int) -> None:
+        """A non-zero rank takes back its own RNG and strategy state (rank 0's came with the
+        checkpoint): each rank draws its own dropout masks and caches its own oracles."""
+        own = self.run.restore_rank_state(self.ddp.rank, update)
+        if own is None:
+            log.warning("rank %d: no state saved for update %d; dropout masks and cached "
+                        "oracles will differ from the uninterrupted run", self.ddp.rank, update)
+            return
+        self.strategy.load_state_dict(own)
 
     def _log_init(self, record: dict) -> None:
         """The decay counter restarts with the fine-tune: said, not silent (methods.md 4.4)."""
@@ -237,13 +248,15 @@ class Trainer:
         progress = Progress(state.update, state.epoch)
         outputs = []
         for k, idx in enumerate(mine):
-            batch = collate(data, idx).to(self.device)
+            batch = collate(data, idx)
+            padded = src_padded(batch)  # on the host: no device sync
+            batch = to_device(batch, self.device)  # pinned, non-blocking on CUDA
             sync = contextlib.nullcontext()
             if ddp.world > 1 and k < len(mine) - 1:
                 sync = self.step_module.no_sync()
             with sync:
                 with autocast(self.device, self.t.dtype):
-                    loss, _, logging_output = self.step_module(batch, progress)
+                    loss, _, logging_output = self.step_module(batch, progress, padded)
                 # DDP averages gradients over ranks: scale so the update is sum / group tokens
                 (loss * ddp.world / group_tokens).backward()
             outputs.append(logging_output)
@@ -324,7 +337,7 @@ class Trainer:
         state, t = self.state, self.t
         tags = ["last"]
         if not self.ddp.main:
-            self.run.save_rank_rng(self.ddp.rank, state.update)
+            self.run.save_rank_state(self.ddp.rank, state.update, self.strategy.state_dict())
         if self.ddp.main:
             start = time.perf_counter()
             result = validate(self.cfg, self.model, self.prep, self.device,
@@ -350,7 +363,8 @@ class Trainer:
         """Rank 0 writes the checkpoint; every other rank first writes its own RNG state, so a
         resumed DDP run draws the same dropout masks on every rank."""
         if not self.ddp.main:
-            self.run.save_rank_rng(self.ddp.rank, self.state.update)
+            self.run.save_rank_state(self.ddp.rank, self.state.update,
+                                     self.strategy.state_dict())
         self.ddp.barrier()
         if self.ddp.main:
             self.run.save(self.model, self.optimizer, self.state_dict(), tags, self.t.keep_last)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ...checkpoint import RunDir
-from ...data import EOS, PAD, ParallelData, pad_sequences
+from ...data import EOS, PAD, load_split, pad_sequences
 from ...inference import load
 from ...model import Transformer
 from ..figures import pyplot, save
@@ -75,7 +75,7 @@ class Heads(Claim):
                     f"trained {updates} updates on the synthetic corpus")
         translator = load(run_dir, "best", device="cpu")
         model = translator.model
-        data = ParallelData.load(RunDir(run_dir).data / "valid.safetensors")
+        data = load_split(RunDir(run_dir).data, "valid")
         n = ctx.pick(64, 16)
         sents = [s.tolist() for s in data.src[:n]]
         src = pad_sequences(sents, suffix=EOS)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...checkpoint import RunDir
-from ...data import EOS, PAD, ParallelData, pad_sequences
+from ...data import EOS, PAD, load_split, pad_sequences
 from ...inference import load
 from ...model import Transformer
 from ..figures import finish, log2_ticks, pyplot, save
@@ -66,7 +66,7 @@ class LayerVsBatchNorm(Claim):
         curves = {norm: train_seeds(ctx, norm=norm) for norm in self.NORMS}
         updates = ctx.pick(200, 60)
         runs = {norm: train_tiny(ctx, updates, 1, norm=norm)[0] for norm in self.NORMS}
-        data = ParallelData.load(RunDir(runs["layer"]).data / "valid.safetensors")
+        data = load_split(RunDir(runs["layer"]).data, "valid")
         sentences = [s.tolist() for s in data.src[:40]]
         target, pool = sentences[0], sentences[1:]
         companions = (1, 3, 7, 15, 31)

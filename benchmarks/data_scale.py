@@ -182,14 +182,17 @@ def run_size(args, tree: Path, corpus: Path, run: Path) -> dict:
         key, value = item.split("=", 1)
         data += [f"--{key}", value]
     gapless = [sys.executable, "-m", "gapless"]
+    # a tree before presets were package data names the config file
+    preset = args.preset if (tree / "gapless" / "presets").is_dir() else str(
+        tree / "configs" / f"{args.preset}.yaml")
     say("data_scale", f"prepare {relpath(corpus)} with {relpath(tree)}")
-    prepared = measure([*gapless, "-v", "prepare", args.preset, "--run-dir", str(run), *data],
+    prepared = measure([*gapless, "-v", "prepare", preset, "--run-dir", str(run), *data],
                        tree, run.with_suffix(".prepare.txt"))
     settings = {**TRAIN, "train.max_updates": args.updates, "train.threads": args.threads,
                 "train.device": args.device}
     extra = [x for k, v in settings.items() for x in (f"--{k}", str(v))]
     say("data_scale", f"train {args.updates} updates")
-    trained = measure([*gapless, "train", args.preset, "--run-dir", str(run), *data, *extra],
+    trained = measure([*gapless, "train", preset, "--run-dir", str(run), *data, *extra],
                       tree, run.with_suffix(".train.txt"), run / "log.jsonl")
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     rates = [r["tgt_tokens_per_s"] for r in records if r["kind"] == "train" and r["update"] > 1]

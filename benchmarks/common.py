@@ -164,8 +164,10 @@ def run_config(run: str | Path, overrides: list[str] | dict | None = None):
     return RunDir(run).load_config(overrides)
 
 
-def split_lines(run: str | Path, split: str = "test2016") -> tuple[list[str], list[str], Path]:
-    """(source lines, reference lines, source file) of a split of the run's corpus."""
+def split_lines(run: str | Path, split: str = "test2016",
+                limit: int = 0) -> tuple[list[str], list[str], Path]:
+    """(source lines, reference lines, source file) of a split of the run's corpus; the first
+    ``limit`` pairs only when ``limit`` > 0."""
     from gapless.corpora import split_paths
     from gapless.data import read_parallel
 
@@ -174,6 +176,8 @@ def split_lines(run: str | Path, split: str = "test2016") -> tuple[list[str], li
         d.corpus, split, d.src_lang, d.tgt_lang, d.data_dir, d.download
     )
     src, ref = read_parallel(src_path, ref_path)
+    if limit:
+        src, ref = src[:limit], ref[:limit]
     return src, ref, src_path
 
 

@@ -112,9 +112,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     info = machine(args.threads)
-    src, ref, src_path = split_lines(args.run, args.split)
-    if args.max_sentences:
-        src, ref = src[: args.max_sentences], ref[: args.max_sentences]
+    src, ref, src_path = split_lines(args.run, args.split, args.max_sentences)
     with tempfile.TemporaryDirectory(prefix="ct2_speed_") as folder:
         engines = load_engines(args, Path(folder))
         found = measure(engines, src, args)

@@ -242,7 +242,9 @@ def main(argv=None) -> int:
             entry["baseline"] = {"commit": commit,
                                  **run_size(args, tree, corpus, work / "runs" / f"base-{n}")}
         doc["sizes"].append(entry)
-    emit(finish(doc))
+    # the work folder is the machine's: the JSON names it WORK
+    doc = json.loads(json.dumps(finish(doc)).replace(relpath(work) + "/", "WORK/"))
+    emit(doc)
     return 0
 
 

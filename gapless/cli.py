@@ -51,10 +51,12 @@ def cmd_prepare(args, overrides) -> int:
 
 def cmd_train(args, overrides) -> int:
     from .training import train
+    from .training.distributed import shutdown
 
     cfg, run_dir = _config(args, overrides)
     state = train(cfg, run_dir, init_from=args.init_from, init_optimizer=args.init_optimizer,
                   restart=args.restart)
+    shutdown()
     print(json.dumps({"run_dir": str(run_dir), "updates": state.update,
                       "stopped": state.stopped, "best_valid_bleu": state.best_bleu,
                       "minutes": round(state.elapsed_s / 60, 2)}))

@@ -339,6 +339,10 @@ from gapless import config
 from gapless.training import train
 for run_dir, overrides in json.loads(sys.argv[2]):  # one process group, several runs
     train(config.load(sys.argv[1], overrides), run_dir)
+import torch.distributed as dist
+if dist.is_initialized():  # gloo's threads must not outlive the interpreter
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 

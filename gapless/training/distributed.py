@@ -16,7 +16,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "training_device"]
+__all__ = ["Distributed", "shutdown", "training_device"]
 
 
 class Distributed:
@@ -51,6 +51,14 @@ class Distributed:
         t = torch.tensor([int(flag)], device=self.device_type)  # cuda: the current device
         dist.broadcast(t, 0)
         return bool(t.item())
+
+
+def shutdown() -> None:
+    """End the process group a training started, so gloo's threads do not outlive the
+    interpreter (which aborts the process at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def training_device(device: torch.device, ddp: Distributed) -> torch.device:

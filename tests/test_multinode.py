@@ -15,19 +15,17 @@ import torch
 from test_train import (
     _WORKER,
     TINY,
-    _cfg,
     _ddp_overrides,
     _free_port,
     _fresh_run,
     _weights,
     _without_key_bias,
-    _write_corpus,
+    prepared,  # noqa: F401  (the shared prepared-run fixture)
 )
 
 from gapless import config as config_mod
 from gapless.checkpoint import RunDir
 from gapless.model import Transformer
-from gapless.prepare import prepare
 from gapless.training import train
 
 TIMEOUT_S = 150  # both agents together; a node that never joins must not hang the suite
@@ -36,14 +34,6 @@ WORKER = ("import functools, os, torch\n"
           "if os.environ.get('COMPILE_BACKEND'):\n"
           "    torch.compile = functools.partial(torch.compile,"
           " backend=os.environ['COMPILE_BACKEND'])\n" + _WORKER)
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multinode")
-    corpus = _write_corpus(root / "corpus", 300)
-    prepare(_cfg(corpus), root / "prepared")
-    return corpus, root / "prepared"
 
 
 def torchrun_node(rank: int, port: int, script: Path, args: list[str]) -> list[str]:
@@ -82,7 +72,7 @@ def launch_two_nodes(tmp_path: Path, spec: list, env: dict | None = None) -> Non
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)],
                          ids=["eager", "compiled"])
-def test_two_nodes_equal_one_process_with_accumulation(prepared, tmp_path, compiled):
+def test_two_nodes_equal_one_process_with_accumulation(prepared, tmp_path, compiled):  # noqa: F811
     """Node 0 and node 1 (one rank each) x 1 micro-batch == 1 process x 2 micro-batches; the
     compiled variant (``train.compile`` on both nodes, Dynamo with the aot_eager backend)
     against the same eager single process."""

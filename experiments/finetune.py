@@ -1,30 +1,54 @@
-"""Equal-length fine-tunes of one trained base, per method and seed, evaluated on test splits
-(issue 3's CPU protocol): a mean +- sd table of sacreBLEU per split, never selected on test.
+"""Equal-length fine-tunes of one trained base, per method and seed, evaluated on test splits,
+and the paired statistics of docs/protocols/powered_comparison.md over them.
 
-    python experiments/finetune.py configs/finetune/multi30k_de_en.yaml --base RUN --runs DIR
+    python experiments/finetune.py configs/finetune/powered_multi30k_de_en.yaml \
+        --base runs/multi30k_de_en_60min --runs runs/powered_de_en [--seeds 1-5] [--methods a,b]
+    python experiments/finetune.py SPEC --runs DIR --report-only
 
 The spec (YAML) names the seeds, the splits, dotted overrides common to every method and the
 overrides of each method; each run starts from the base's best weights (``--init-from``), with
 a fresh optimizer, and is evaluated at its *last* checkpoint (equal length: no selection at
-all). Finished runs are skipped, so a killed sweep resumes. Output: ``DIR/results.json`` and a
-Markdown table on stdout (``--markdown FILE`` writes it).
+all). A finished run (``finetune.json``) is skipped, so a killed sweep resumes, and its
+checkpoints and encoded data are then deleted (config, log and ``eval/`` stay; the seeds of
+``--keep-checkpoints`` keep theirs, for ``gapless diagnose``). ``--seeds`` / ``--methods`` run
+part of the sweep; the report always covers the whole spec and names the runs still missing.
+
+Report (``DIR/report.md``, every number in ``DIR/report.json``, the runs in
+``DIR/results.json``): per method and split the seed-paired difference to the reference method
+(``teacher_forcing``) with its 95% t-interval and paired t-test; Holm's correction over the
+methods and the protocol's decision on the primary endpoint (``test2016``); sacreBLEU's
+paired bootstrap per seed on the written hypotheses; and a reading generated from the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
 
 import yaml
 
+from gapless.analysis.paired import (
+    ALPHA,
+    BOOTSTRAP_SAMPLES,
+    bootstrap_counts,
+    decide,
+    holm,
+    paired_bootstrap,
+    paired_interval,
+)
 from gapless.checkpoint import RunDir, atomic_write_text
+from gapless.corpora import split_paths
+from gapless.data import read_lines
 from gapless.evaluate import evaluate, score_split
 from gapless.inference import load
+from gapless.textio import relative_path
 from gapless.training import train
 
+REFERENCE, PRIMARY = "teacher_forcing", "test2016"
 LOGGED = ("replaced", "pred_differs", "oracle_bleu", "oracle_searched", "p_gold",
           "s_per_update", "strategy_share")
 
@@ -60,6 +84,21 @@ def run_one(spec: dict, base: Path, run_dir: Path, method: str, seed: int) -> di
     return result
 
 
+def tidy(run_dir: Path) -> list[str]:
+    """Delete a finished run's checkpoints and encoded training data (what fills the disk over
+    many runs); its config, ``log.jsonl``, ``finetune.json`` and ``eval/`` (scores and
+    hypotheses) stay. ``RunDir.discard_checkpoints`` is not used: it removes the log too.
+    Returns what was deleted."""
+    if not (run_dir / "finetune.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not finished (no finetune.json); nothing deleted")
+    run, gone = RunDir(run_dir), []
+    for folder in (run.checkpoints, run.data):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            gone.append(folder.name)
+    return gone
+
+
 def base_scores(spec: dict, base: Path, runs: Path) -> dict:
     """The base itself under the same decoding: the row every fine-tune is compared with."""
     done = runs / "base.json"
@@ -77,16 +116,17 @@ def base_scores(spec: dict, base: Path, runs: Path) -> dict:
     return result
 
 
-def table(spec: dict, base: dict, results: list[dict]) -> str:
+def table(spec: dict, base: dict | None, results: list[dict]) -> str:
     """Markdown: one row per method, mean +- sd (n) of BLEU per split, plus the logged mixing
     figures (fraction replaced, fed predictions != gold, oracle BLEU, s/update, and the share of
-    the step spent in the strategy's call)."""
+    the step spent in the strategy's call); the base's row when it was scored."""
     splits = spec["splits"]
     head = ["method", "seeds"] + splits + ["valid (last)", "replaced", "pred != gold",
                                           "oracle BLEU", "s/update", "strategy share"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| " + " | ".join([base["method"], "-"] + [
-        f"{base['scores'][s]['bleu']:.2f}" for s in splits] + ["-"] * 6) + " |")
+    if base is not None:
+        lines.append("| " + " | ".join([base["method"], "-"] + [
+            f"{base['scores'][s]['bleu']:.2f}" for s in splits] + ["-"] * 6) + " |")
     for method in spec["methods"]:
         rows = [r for r in results if r["method"] == method]
         if not rows:
@@ -107,60 +147,333 @@ def table(spec: dict, base: dict, results: list[dict]) -> str:
             logged(k) for k in ("replaced", "pred_differs", "oracle_bleu", "s_per_update",
                                 "strategy_share")]
         lines.append("| " + " | ".join(cells) + " |")
-    signature = next(iter(base["scores"].values()))["signature"]
-    return "\n".join(lines) + f"\n\nsacreBLEU signature: `{signature}`\n"
+    scored = [base] if base is not None else results
+    signature = next((next(iter(r["scores"].values()))["signature"] for r in scored), None)
+    return "\n".join(lines) + (f"\n\nsacreBLEU signature: `{signature}`\n" if signature
+                               else "\n")
 
 
-def paired_table(spec: dict, results: list[dict], reference: str = "teacher_forcing") -> str:
-    """Markdown: per method, BLEU minus the reference method's BLEU *of the same seed* (same
-    data order and initial weights), mean ± sd and how many seeds gained, per split."""
+# ---------------------------------------------------------------- the protocol's statistics
+def parse_selection(text: str | None, allowed: list, kind: str) -> list:
+    """``--seeds 1-5,8`` / ``--methods a,b`` (None: all of ``allowed``), in the spec's order;
+    an entry the spec does not have is an error."""
+    if text is None:
+        return list(allowed)
+    if kind == "seeds":
+        chosen = set()
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            chosen.update(range(int(lo), int(hi or lo) + 1))
+    else:
+        chosen = {p.strip() for p in text.split(",") if p.strip()}
+    unknown = sorted(chosen - set(allowed), key=str)
+    if unknown:
+        raise SystemExit(f"--{kind}: {unknown} not in the spec (has {allowed})")
+    return [x for x in allowed if x in chosen]
+
+
+def endpoints(spec: dict) -> tuple[str, str]:
+    """(reference method, primary split) of a spec (the protocol's defaults)."""
     splits = spec["splits"]
+    primary = spec.get("primary", PRIMARY if PRIMARY in splits else splits[0])
+    return spec.get("reference", REFERENCE), primary
+
+
+def collect(spec: dict, runs: Path) -> tuple[list[dict], list[str]]:
+    """The finished runs of the whole spec (seed-major) and the names of those not finished."""
+    results, missing = [], []
+    for seed in spec["seeds"]:
+        for method in spec["methods"]:
+            done = runs / f"{method}-s{seed}" / "finetune.json"
+            if done.is_file():
+                results.append(json.loads(done.read_text()))
+            else:
+                missing.append(f"{method}-s{seed}")
+    return results, missing
+
+
+def intervals(spec: dict, results: list[dict]) -> dict:
+    """Per method (not the reference) and split: the paired differences to the reference of the
+    same seed, over the seeds both finished, with their t-interval and paired t-test."""
+    reference, _ = endpoints(spec)
     ref = {r["seed"]: r for r in results if r["method"] == reference}
-    lines = ["| method - " + reference + " | " + " | ".join(splits) + " |",
-             "|" + "---|" * (len(splits) + 1)]
+    out = {}
     for method in spec["methods"]:
-        rows = [r for r in results if r["method"] == method and r["seed"] in ref]
-        if method == reference or not rows:
+        if method == reference:
             continue
-        cells = []
-        for split in splits:
-            d = [r["scores"][split]["bleu"] - ref[r["seed"]]["scores"][split]["bleu"]
-                 for r in rows]
-            sd = statistics.stdev(d) if len(d) > 1 else 0.0
-            cells.append(f"{statistics.fmean(d):+.2f} ± {sd:.2f} ({sum(x > 0 for x in d)}/"
-                         f"{len(d)} up)")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows = [r for r in results if r["method"] == method and r["seed"] in ref]
+        out[method] = {}
+        for split in spec["splits"]:
+            diffs = [round(r["scores"][split]["bleu"] - ref[r["seed"]]["scores"][split]["bleu"],
+                           6) for r in rows]  # BLEU is recorded to 2 decimals
+            out[method][split] = {"seeds": [r["seed"] for r in rows], "diffs": diffs,
+                                  **paired_interval(diffs)}
+    return out
+
+
+def decisions(spec: dict, stats: dict) -> dict:
+    """Holm's correction over the methods on the primary split, and the protocol's verdict."""
+    _, primary = endpoints(spec)
+    adjusted = holm({m: s[primary]["p"] for m, s in stats.items()})
+    return {m: {"n": s[primary]["n"], "planned": len(spec["seeds"]), "p": s[primary]["p"],
+                "p_holm": adjusted[m], "decision": decide(s[primary], adjusted[m], ALPHA),
+                "width": s[primary]["width"]} for m, s in stats.items()}
+
+
+def _references(run_dir: Path, split: str) -> Path:
+    """The reference file a run was scored against: the path its ``eval/<split>.json``
+    records (relative to the directory the sweep ran in), else the run config's corpus."""
+    info = run_dir / "eval" / f"{split.replace(':', '.')}.json"
+    recorded = json.loads(info.read_text()).get("reference") if info.is_file() else None
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    data = RunDir(run_dir).load_config().data
+    corpus, _, name = split.rpartition(":")
+    return split_paths(corpus or data.corpus, name, data.src_lang, data.tgt_lang,
+                       data.data_dir, download=False)[1]
+
+
+def bootstrap(spec: dict, runs: Path, results: list[dict]) -> dict:
+    """Per split and seed: sacreBLEU's paired bootstrap of every finished method against the
+    reference of that seed, on the hypotheses in ``eval/<split>.hyp``. A run whose hypotheses
+    do not reproduce its recorded BLEU is flagged (``consistent``: false)."""
+    reference, _ = endpoints(spec)
+    by_key = {(r["method"], r["seed"]): r for r in results}
+    out: dict = {}
+    for split in spec["splits"]:
+        name, out[split] = split.replace(":", "."), {}
+        for seed in spec["seeds"]:
+            hyp = {m: runs / f"{m}-s{seed}" / "eval" / f"{name}.hyp" for m in spec["methods"]
+                   if (m, seed) in by_key}
+            hyp = {m: path for m, path in hyp.items() if path.is_file()}
+            if reference not in hyp or len(hyp) < 2:
+                continue
+            refs = read_lines(_references(runs / f"{reference}-s{seed}", split))
+            try:
+                res = paired_bootstrap(read_lines(hyp.pop(reference)),
+                                       {m: read_lines(p) for m, p in hyp.items()}, refs)
+            except ValueError as exc:
+                raise ValueError(f"{split}, seed {seed}: {exc}") from None
+            for m, row in [(reference, res["baseline"]), *res["systems"].items()]:
+                row["consistent"] = abs(row["score"] - by_key[m, seed]["scores"][split]["bleu"]
+                                        ) <= 0.006
+            out[split][seed] = res
+    return out
+
+
+# ---------------------------------------------------------------- the report
+def analyse(spec: dict, runs: Path) -> tuple[dict, list[dict]]:
+    """Every number of the report, from the finished runs of the spec in ``runs``; and those
+    runs."""
+    reference, primary = endpoints(spec)
+    results, missing = collect(spec, runs)
+    stats = intervals(spec, results)
+    boot = bootstrap(spec, runs, results)
+    report = {
+        "spec": spec.get("name"), "protocol": "docs/protocols/powered_comparison.md",
+        "runs": relative_path(runs), "reference": reference, "primary": primary,
+        "alpha": ALPHA, "seeds": spec["seeds"], "methods": list(spec["methods"]),
+        "splits": spec["splits"],
+        "planned_runs": len(spec["seeds"]) * len(spec["methods"]), "missing": missing,
+        "intervals": stats, "decisions": decisions(spec, stats),
+        "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "per_seed": boot,
+                      "summary": bootstrap_counts(boot)},
+    }
+    report["reading"] = reading(report)
+    return report, results
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _names(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _describe(method: str, d: dict, interval: dict) -> str:
+    if d["decision"] == "cannot be applied":
+        return f"{method}: the rule cannot be applied ({d['n']} paired seed(s))"
+    return (f"{method} {interval['mean']:+.2f} BLEU (95% CI {interval['lo']:+.2f} to "
+            f"{interval['hi']:+.2f}, width {d['width']:.2f}; Holm p {d['p_holm']:.3g}): "
+            f"{d['decision']}")
+
+
+def reading(report: dict) -> str:
+    """One paragraph, every claim in it computed from the report's numbers."""
+    ref, primary, dec = report["reference"], report["primary"], report["decisions"]
+    parts = []
+    if report["missing"]:
+        shown = ", ".join(report["missing"][:6]) + (", ..." if len(report["missing"]) > 6
+                                                    else "")
+        parts.append(f"Provisional: {len(report['missing'])} of {report['planned_runs']} "
+                     f"runs are not finished ({shown}), so this is not the protocol's result.")
+    beats = [m for m, d in dec.items() if d["decision"] == "beats"]
+    worse = [m for m, d in dec.items() if d["decision"] == "worse"]
+    head = (f"On the primary endpoint ({primary} BLEU), with Holm's correction over the "
+            f"{_plural(len(dec), 'method')}, ")
+    if beats:
+        parts.append(head + f"{_names(beats)} beat{'s' if len(beats) == 1 else ''} {ref}.")
+    else:
+        parts.append(head + f"no method beats {ref}.")
+    if worse:
+        parts.append(f"{_names(worse)} {'is' if len(worse) == 1 else 'are'} worse than {ref}.")
+    if dec:
+        parts.append("Per method: " + "; ".join(
+            _describe(m, d, report["intervals"][m][primary]) for m, d in dec.items()) + ".")
+    counts = report["bootstrap"]["summary"].get(primary, {}).values()
+    compared = sum(c["compared"] for c in counts)
+    if compared:
+        sig, up = sum(c["significant"] for c in counts), sum(c["better"] for c in counts)
+        parts.append(f"sacreBLEU's paired bootstrap per seed on {primary} finds {sig} of "
+                     f"{compared} method-seed comparisons significant at {report['alpha']} "
+                     f"({up} in the method's favour, {sig - up} against).")
+    secondary = [s for s in report["splits"] if s != primary]
+    if secondary:
+        parts.append(f"The secondary splits ({', '.join(secondary)}) are reported with the "
+                     "same intervals and carry no claim.")
+    return " ".join(parts)
+
+
+def _cell(s: dict) -> str:
+    if s["lo"] is None:
+        return "-" if s["mean"] is None else f"{s['mean']:+.2f} (n {s['n']})"
+    return f"{s['mean']:+.2f} [{s['lo']:+.2f}, {s['hi']:+.2f}] p {s['p']:.3g} (n {s['n']})"
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def render_stats(report: dict) -> str:
+    """Markdown: the decision table, the interval table per split, the per-seed bootstrap."""
+    ref, primary, splits = report["reference"], report["primary"], report["splits"]
+    title = (f"## Decision on {primary} (reference: {ref}, Holm over "
+             f"{_plural(len(report['decisions']), 'method')})\n")
+    out = [title, "| method | seeds | mean d | 95% CI | width | p | Holm p | decision |",
+           "|---|---|---|---|---|---|---|---|"]
+    for m, d in report["decisions"].items():
+        s = report["intervals"][m][primary]
+        ci = "-" if s["lo"] is None else f"[{s['lo']:+.2f}, {s['hi']:+.2f}]"
+        out.append(f"| {m} | {d['n']}/{d['planned']} | {_num(s['mean'], '+.2f')} | {ci} | "
+                   f"{_num(d['width'], '.2f')} | {_num(d['p'], '.3g')} | "
+                   f"{_num(d['p_holm'], '.3g')} | {d['decision']} |")
+    out += ["", f"## Paired differences to {ref} (BLEU, mean [95% t-interval], paired t-test)\n",
+            "| method | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for m, per in report["intervals"].items():
+        out.append(f"| {m} | " + " | ".join(_cell(per[s]) for s in splits) + " |")
+    return "\n".join(out) + "\n\n" + render_bootstrap(report) + "\n"
+
+
+def _count(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    equal = f", {c['equal']} equal score" if c["equal"] else ""
+    return f"{c['significant']}/{c['compared']} ({c['better']} / {c['worse']}{equal})"
+
+
+def render_bootstrap(report: dict) -> str:
+    """Markdown: sacreBLEU's paired bootstrap per seed on the primary split, and its counts."""
+    ref, primary, boot = report["reference"], report["primary"], report["bootstrap"]
+    methods = [m for m in report["methods"] if m != ref]
+    per_seed = boot["per_seed"].get(primary, {})
+    title = (f"## sacreBLEU paired bootstrap per seed on {primary} ({boot['samples']} "
+             "resamples; mean ± 95% half-interval, p; * p < 0.05)\n")
+    out = [title, "| seed | " + " | ".join([ref, *methods]) + " |", "|---|" + "---|" * (len(methods) + 1)]
+    for seed, res in per_seed.items():
+        cells = [f"{res['baseline']['mean']:.2f} ± {res['baseline']['ci']:.2f}"]
+        for m in methods:
+            r = res["systems"].get(m)
+            mark = (" (equal score)" if r["delta"] == 0 else " *" if r["p"] < ALPHA else ""
+                    ) if r else ""
+            cells.append("-" if r is None else f"{r['mean']:.2f} ± {r['ci']:.2f}, "
+                         f"p {r['p']:.3f}{mark}")
+        out.append(f"| {seed} | " + " | ".join(cells) + " |")
+    out += ["", "Seeds significant at 0.05 (in the method's favour / against), per split:\n",
+            "| method | " + " | ".join(boot["summary"]) + " |", "|---|" + "---|" * len(
+                boot["summary"])]
+    for m in methods:
+        cells = [_count(boot["summary"][s].get(m)) for s in boot["summary"]]
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    signature = next((r["signature"] for r in per_seed.values()), None)
+    flagged = sorted({f"{m}-s{seed} ({s})" for s, seeds in boot["per_seed"].items()
+                      for seed, r in seeds.items() for m, row in
+                      [(ref, r["baseline"]), *r["systems"].items()] if not row["consistent"]})
+    if signature:
+        out.append(f"\nBootstrap signature: `{signature}`")
+    if flagged:
+        out.append("\nHypotheses that do not reproduce the recorded BLEU: " + ", ".join(flagged))
+    return "\n".join(out) + "\n"
+
+
+def render(report: dict, table_md: str) -> str:
+    """The whole Markdown report."""
+    head = [f"# {report['spec']}: paired comparison with {report['reference']}\n",
+            f"Protocol: `{report['protocol']}`. Runs: `{report['runs']}`.\n",
+            "## Reading\n", report["reading"] + "\n"]
+    if report["missing"]:
+        head.append("Missing runs (not finished): " + ", ".join(report["missing"]) + "\n")
+    return "\n".join(head) + "\n" + render_stats(report) + "\n## Means over seeds\n\n" + table_md
+
+
+def write_report(spec: dict, runs: Path, base_row: dict | None) -> str:
+    """Analyse the finished runs of ``spec`` in ``runs`` and write ``report.md``,
+    ``report.json`` and ``results.json`` there (atomically); returns the Markdown."""
+    report, results = analyse(spec, runs)
+    md = render(report, table(spec, base_row, results))
+    atomic_write_text(runs / "report.json", json.dumps(report, indent=1))
+    atomic_write_text(runs / "report.md", md)
+    atomic_write_text(runs / "results.json", json.dumps(
+        {"spec": spec, "base_scores": base_row, "runs": results}, indent=1))
+    return md
+
+
+def sweep(spec: dict, args, runs: Path) -> None:
+    """Fine-tune and evaluate the chosen methods x seeds (seed-major: every method has n seeds
+    before any has n + 1); a finished run's checkpoints go unless its seed is kept."""
+    base = Path(args.base)
+    seeds = parse_selection(args.seeds, spec["seeds"], "seeds")
+    methods = parse_selection(args.methods, list(spec["methods"]), "methods")
+    keep = set(parse_selection(args.keep_checkpoints, spec["seeds"], "seeds")
+               if args.keep_checkpoints.lower() != "none" else [])
+    base_scores(spec, base, runs)
+    for seed in seeds:
+        for method in methods:
+            run_dir = runs / f"{method}-s{seed}"
+            result = run_one(spec, base, run_dir, method, seed)
+            if seed not in keep:
+                tidy(run_dir)
+            print(json.dumps({k: result[k] for k in ("method", "seed", "scores")}), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spec")
-    parser.add_argument("--base", required=True, help="the trained run to fine-tune")
+    parser.add_argument("--base", help="the trained run to fine-tune (not with --report-only)")
     parser.add_argument("--runs", required=True, help="where the fine-tuned runs go")
-    parser.add_argument("--markdown", help="also write the table to this file")
-    parser.add_argument("--seeds", help="comma-separated subset of the spec's seeds")
-    parser.add_argument("--methods", help="comma-separated subset of the spec's methods")
+    parser.add_argument("--markdown", help="also write the report to this file")
+    parser.add_argument("--seeds", help="a subset of the spec's seeds to run: 1-5 or 1,3,7-9")
+    parser.add_argument("--methods", help="a comma-separated subset of the spec's methods")
+    parser.add_argument("--keep-checkpoints", default="1-3", metavar="SEEDS",
+                        help="seeds whose runs keep their checkpoints (the protocol's section "
+                             "3 diagnoses seeds 1 to 3); 'none' deletes all (default: 1-3)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report on the runs already finished")
     args = parser.parse_args()
     spec = yaml.safe_load(Path(args.spec).read_text())
-    base, runs = Path(args.base), Path(args.runs)
-    runs.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else spec["seeds"]
-    methods = args.methods.split(",") if args.methods else list(spec["methods"])
-    base_row = base_scores(spec, base, runs)
-    results = []
-    for seed in seeds:  # seed-major: every method has n seeds before any has n + 1
-        for method in methods:
-            results.append(run_one(spec, base, runs / f"{method}-s{seed}", method, seed))
-            print(json.dumps({k: results[-1][k] for k in ("method", "seed", "scores")}),
-                  flush=True)
-    md = table(spec, base_row, results)
-    if any(r["method"] == "teacher_forcing" for r in results):
-        md += "\nPaired by seed:\n\n" + paired_table(spec, results)
-    atomic_write_text(runs / "results.json", json.dumps(
-        {"spec": spec, "base": str(base), "base_scores": base_row, "runs": results}, indent=1))
+    runs = Path(args.runs)
+    if not args.report_only:
+        if not args.base:
+            parser.error("--base is required unless --report-only")
+        runs.mkdir(parents=True, exist_ok=True)
+        sweep(spec, args, runs)
+    elif not runs.is_dir():
+        parser.error(f"{runs}: no such folder")
+    base_file = runs / "base.json"
+    base_row = json.loads(base_file.read_text()) if base_file.is_file() else None
+    md = write_report(spec, runs, base_row)
     if args.markdown:
-        Path(args.markdown).write_text(md)
+        atomic_write_text(Path(args.markdown), md)
     print(md)
 
 

@@ -8,7 +8,8 @@
     gapless average   RUN [--last N | --updates U1,U2,...] [--name averaged]
     gapless export    RUN --format ctranslate2 --out DIR [--quantization int8] [--force]
     gapless quickstart [--minutes M]
-    gapless diagnose  RUN [--split S] [--max-sentences N] [--beams 1,4,10,50]
+    gapless diagnose  RUN [--split S] [--max-sentences N] [--beams 1,4,10,50] [--length-grid]
+                      [--protocol]  (= --beams 1,5,10,50,100 --length-grid)
     gapless diagnose  --compare RUN_A RUN_B ... --out DIR
     gapless explain   [CLAIM ...] [--run RUN] [--out DIR] [--quick]
     gapless serve     RUN [--host 127.0.0.1] [--port 8080] [--engine auto|gapless|ctranslate2]
@@ -26,6 +27,7 @@ from pathlib import Path
 from . import config as config_mod
 from .config import ConfigError
 from .data import CorpusError
+from .decode import LENGTH_NORMS
 from .runlock import RunLocked
 from .textio import LineReport, atomic_output, read_text_lines
 from .training.trainer import NonFiniteLoss
@@ -76,8 +78,9 @@ def cmd_average(args, overrides) -> int:
 
 
 def _decode_kwargs(args) -> dict:
-    kw = {k: getattr(args, k) for k in ("beam", "len_penalty", "max_len_a", "max_len_b",
-                                        "min_len", "batch_size") if getattr(args, k) is not None}
+    kw = {k: getattr(args, k) for k in ("beam", "len_penalty", "len_norm", "max_len_a",
+                                        "max_len_b", "min_len", "min_len_ratio", "batch_size")
+          if getattr(args, k) is not None}
     if getattr(args, "sample", False):
         kw["sampling"] = {"temperature": args.temperature, "top_k": args.top_k,
                           "top_p": args.top_p}
@@ -135,14 +138,17 @@ def cmd_export(args, overrides) -> int:
 def cmd_diagnose(args, overrides) -> int:
     from .analysis import DiagnoseSettings, compare_report, diagnose_report
     from .analysis.diagnose import diagnose
+    from .analysis.exposure import BEAMS, PROTOCOL_BEAMS
 
     if (args.compare is None) == (args.run is None) or (args.compare and not args.out):
         print("gapless: error: diagnose takes RUN, or --compare RUN ... --out DIR",
               file=sys.stderr)
         return 2
+    beams = args.beams or list(PROTOCOL_BEAMS if args.protocol else BEAMS)
     settings = DiagnoseSettings(split=args.split, max_sentences=args.max_sentences,
-                                beams=args.beams, sweep_sentences=args.sweep_sentences,
-                                checkpoint=args.checkpoint, device=args.device, dtype=args.dtype)
+                                beams=beams, sweep_sentences=args.sweep_sentences,
+                                checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+                                length_grid=args.length_grid or args.protocol)
     if args.compare:
         folders = [diagnose(run, settings, reuse=True) for run in args.compare]
         print(compare_report(folders, args.out))
@@ -209,10 +215,16 @@ def _positive(text: str) -> int:
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint directory")
     p.add_argument("--beam", type=_positive)
-    p.add_argument("--len-penalty", type=float)
+    p.add_argument("--len-penalty", type=float, help="alpha of the beam's length "
+                   "normalisation: log-prob / lp(len), lp of --len-norm")
+    p.add_argument("--len-norm", choices=list(LENGTH_NORMS),
+                   help="fairseq: lp = len**alpha (the default); gnmt: lp = ((5 + len) / 6)**alpha "
+                   "(Wu et al. 2016); len counts EOS")
     p.add_argument("--max-len-a", type=float)
     p.add_argument("--max-len-b", type=int)
     p.add_argument("--min-len", type=int)
+    p.add_argument("--min-len-ratio", type=float, metavar="R",
+                   help="at least ceil(R x source pieces) output tokens (default 0: off)")
     p.add_argument("--batch-size", type=_positive)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -287,9 +299,15 @@ def _add_analysis_commands(sub) -> None:
     p.add_argument("--out", help="with --compare: folder of the combined report")
     p.add_argument("--split", default="test2016")
     p.add_argument("--max-sentences", type=int, help="a fixed random subsample of the split")
-    p.add_argument("--beams", default=[1, 4, 10, 50], metavar="1,4,10,50",
-                   type=lambda s: [int(b) for b in s.split(",")])
+    p.add_argument("--beams", metavar="1,4,10,50", type=lambda s: [int(b) for b in s.split(",")],
+                   help="beam sizes of the sweep (default 1,4,10,50; --protocol: 1,5,10,50,100)")
     p.add_argument("--sweep-sentences", type=int, help="beam sweep on the first N only")
+    p.add_argument("--length-grid", action="store_true",
+                   help="choose GNMT's length penalty and a minimum length ratio on the valid "
+                   "split (grid of docs/protocols/powered_comparison.md section 3), then score "
+                   "the default and the chosen settings on --split")
+    p.add_argument("--protocol", action="store_true",
+                   help="the protocol's section 3: --beams 1,5,10,50,100 --length-grid")
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])

@@ -112,10 +112,12 @@ class DecodeConfig:
     """Search settings used by translate / evaluate."""
 
     beam: int = 5
-    len_penalty: float = 1.0  # score / len**alpha
+    len_penalty: float = 1.0  # alpha: beam search ranks by log-prob / lp(len)
+    len_norm: str = "fairseq"  # lp: fairseq len**alpha, gnmt ((5 + len) / 6)**alpha (EOS counted)
     max_len_a: float = 1.5
     max_len_b: int = 10
     min_len: int = 1
+    min_len_ratio: float = 0.0  # > 0: also at least ceil(ratio x source pieces) tokens
     batch_size: int = 64  # sentences per batch
     nbest: int = 1
 
@@ -286,7 +288,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
                                                      "patience", "threads")},
     **{f"decode.{k}": (1, None, True, True) for k in ("beam", "batch_size", "nbest")},
     **{f"decode.{k}": (0, None, True, True) for k in ("len_penalty", "max_len_a", "max_len_b",
-                                                      "min_len")},
+                                                      "min_len", "min_len_ratio")},
     **{f"strategy.{k}": (0, 1, True, True) for k in ("mrt_weight", "cass_low", "cass_high")},
     **{f"strategy.{k}": (0, None, True, True) for k in ("mrt_max_len_a", "mrt_max_len_b")},
     "strategy.mrt_samples": (1, None, True, True),

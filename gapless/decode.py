@@ -3,6 +3,8 @@ pruned from the batch (and from the cache) as they end.
 
 Shapes: B sentences, K beam size, N = active rows (B' x K), V vocab, t decoding step.
 A hypothesis of n tokens ends with EOS chosen at step n; ``min_len <= n <= max_len``.
+Beam search ranks finished hypotheses by log-prob / lp(n + 1) (``LengthPenalty``: fairseq's
+power or GNMT's penalty, a registry in ``LENGTH_NORMS``).
 
 Search is split from the model (as in fairseq): a *stepper* answers "log-probs of the next
 token for each row" and "reorder your state"; tests script a stepper from a probability table.
@@ -17,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from .config import register_choices
 from .data import BOS, EOS, PAD
 
 StepHook = Callable[[torch.Tensor, int], torch.Tensor]  # (log_probs [N,V], t) -> log_probs
@@ -66,6 +69,47 @@ class ModelStepper:
                         layer[key] = layer[key].index_select(0, sentences)
             self.src_mask = self.src_mask.index_select(0, sentences)
             self.memory = self.memory.index_select(0, sentences)
+
+
+def fairseq_norm(length: int, alpha: float) -> float:
+    """fairseq's length normalisation: ``length ** alpha`` (alpha 0: raw log-prob, 1: mean)."""
+    return float(length) ** alpha
+
+
+def gnmt_norm(length: int, alpha: float) -> float:
+    """GNMT's length penalty (Wu et al. 2016, eq. 14): ``((5 + length) / 6) ** alpha``."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+# name -> (hypothesis length m = tokens + EOS, alpha) -> the divisor of its log-prob
+LENGTH_NORMS: dict[str, Callable[[int, float], float]] = {"fairseq": fairseq_norm,
+                                                           "gnmt": gnmt_norm}
+register_choices("decode.len_norm", LENGTH_NORMS)
+
+
+@dataclass(frozen=True)
+class LengthPenalty:
+    """How beam search ranks a finished hypothesis of n tokens: log-prob / lp(n + 1), EOS
+    counted (as fairseq, OpenNMT and tensor2tensor do), lp = ``LENGTH_NORMS[norm]`` with
+    exponent ``alpha``. Only finished hypotheses are normalised: the live beams of a step all
+    have the same length, so lp cannot change their order."""
+
+    alpha: float = 1.0
+    norm: str = "fairseq"
+
+    def __post_init__(self):
+        if self.norm not in LENGTH_NORMS:
+            raise ValueError(f"unknown length normalisation {self.norm!r} "
+                             f"(known: {', '.join(LENGTH_NORMS)})")
+
+    def __call__(self, length: int) -> float:
+        """The divisor of the log-prob of a hypothesis of ``length`` tokens (EOS included)."""
+        return LENGTH_NORMS[self.norm](length, self.alpha)
+
+    @classmethod
+    def of(cls, value: float | LengthPenalty) -> LengthPenalty:
+        """``value`` itself, or a number alpha as fairseq's ``(n + 1) ** alpha``."""
+        return value if isinstance(value, LengthPenalty) else cls(value)
 
 
 @dataclass
@@ -206,14 +250,14 @@ def beam_search(
     stepper: Stepper,
     limits: Limits,
     beam: int,
-    len_penalty: float = 1.0,
+    len_penalty: float | LengthPenalty = 1.0,
     nbest: int = 1,
     step_hook: StepHook | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search. ``stepper`` must hold ``B * beam`` rows (sentence-major), B =
-    ``limits.batch_size``. Scores are normalised by ``(n + 1) ** len_penalty`` (n tokens + EOS),
-    as in fairseq; a sentence is finished once it has ``beam`` finished hypotheses (early
-    stopping). Returns each sentence's ``nbest`` best hypotheses, best first."""
+    ``limits.batch_size``. Scores are normalised by ``len_penalty`` (``LengthPenalty.of``); a
+    sentence is finished once it has ``beam`` finished hypotheses (early stopping). Returns
+    each sentence's ``nbest`` best hypotheses, best first."""
     K, batch_size, device = beam, limits.batch_size, limits.device
     max_len, min_len = limits.max_len, limits.min_len
     active, scores, tokens, prev = _start(batch_size, K, device)
@@ -237,7 +281,7 @@ def beam_search(
         is_eos = (top_tok == EOS) & torch.isfinite(top_scores)
         if is_eos[:, :K].any():
             _finish(finished, is_eos, (active, tokens, top_scores, top_beam), K,
-                    float(t + 1) ** len_penalty)
+                    LengthPenalty.of(len_penalty)(t + 1))
             n_finished = torch.tensor([len(h) for h in finished], device=device)
         # continue with the best K non-EOS candidates of each sentence
         cont_scores = top_scores.masked_fill(is_eos | (top_tok == EOS), -math.inf)

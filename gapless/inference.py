@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -18,10 +19,11 @@ import torch
 
 from . import config as config_mod
 from .checkpoint import RunDir
-from .config import DecodeConfig
+from .config import ConfigError, DecodeConfig
 from .data import EOS, Vocab, pad_sequences, sentence_batches
 from .decode import (
     Hypothesis,
+    LengthPenalty,
     Limits,
     ModelStepper,
     Stepper,
@@ -36,10 +38,14 @@ from .runtime import autocast, configure_inference, resolve_device
 log = logging.getLogger(__name__)
 
 __all__ = ["Engine", "SearchBatch", "Translation", "Translator", "length_limits", "load",
-           "nbest_lines", "search_batches"]
+           "min_lengths", "nbest_lines", "search_batches"]
 
 # (model, src [B,S], rows per sentence) -> a Stepper; ModelStepper is the KV-cached default
 StepperFactory = Callable[[Transformer, torch.Tensor, int], Stepper]
+
+# settings (with their defaults) that only gapless's own search implements: an engine without
+# ``own_search`` (an exported CTranslate2 model) refuses any other value, never ignores it
+OWN_SEARCH_ONLY = {"len_norm": "fairseq", "min_len_ratio": 0.0}
 
 
 @dataclasses.dataclass
@@ -81,6 +87,21 @@ def length_limits(src_lens: list[int], settings: DecodeConfig, max_positions: in
     return [min(m, limit) for m in out]
 
 
+def min_lengths(src_lens: list[int], settings: DecodeConfig, max_lens: list[int]) -> list[int]:
+    """Per-sentence minimum output length: ``max(min_len, ceil(min_len_ratio * source
+    pieces))`` (the source without EOS), never above the sentence's maximum ``max_lens``
+    (where the search forces EOS anyway). The product is rounded to 9 decimals before the
+    ceiling, so that 0.1 * 30 asks for 3 tokens, not 4."""
+    ratio = settings.min_len_ratio
+    return [min(max(settings.min_len, math.ceil(round(ratio * n, 9))), m)
+            for n, m in zip(src_lens, max_lens)]
+
+
+def length_penalty(settings: DecodeConfig) -> LengthPenalty:
+    """The beam's ranking rule of ``settings``: ``len_norm`` with exponent ``len_penalty``."""
+    return LengthPenalty(settings.len_penalty, settings.len_norm)
+
+
 @dataclasses.dataclass
 class SearchBatch:
     """Sentences ``index`` of the input as a padded source [B,S] (EOS appended) with limits."""
@@ -97,16 +118,21 @@ def search_batches(src: list[list[int]], settings: DecodeConfig, max_positions: 
     for idx in sentence_batches([len(s) for s in src], settings.batch_size):
         seqs = [src[i] for i in idx]
         floor = None if at_least is None else [at_least[i] for i in idx]
-        max_len = torch.tensor(length_limits([len(s) for s in seqs], settings, max_positions,
-                                             floor), device=device)
+        lens = [len(s) for s in seqs]
+        max_lens = length_limits(lens, settings, max_positions, floor)
+        min_len = (settings.min_len if not settings.min_len_ratio
+                   else torch.tensor(min_lengths(lens, settings, max_lens), device=device))
         src_t = pad_sequences(seqs, suffix=EOS).to(device)
-        yield SearchBatch(idx, src_t, Limits.of(len(idx), max_len, settings.min_len, device))
+        yield SearchBatch(idx, src_t, Limits.of(len(idx), torch.tensor(max_lens, device=device),
+                                                min_len, device))
 
 
 class TextEngine:
     """Text in, text out, over ``translate_nbest`` (token ids -> each sentence's n-best
     ``Hypothesis`` list) that a subclass implements with its ``vocab`` (SentencePiece)
     and ``decode_cfg`` (the run's decode settings)."""
+
+    own_search = False  # True: ``OWN_SEARCH_ONLY`` settings are implemented
 
     def settings(self, **overrides) -> DecodeConfig:
         """The run's decode settings with ``overrides`` (``beam=5``, ``len_penalty=0.6``, ...;
@@ -116,7 +142,13 @@ class TextEngine:
         if unknown:
             raise TypeError(f"unknown decode settings {unknown} (known: {sorted(fields)})")
         given = {k: v for k, v in overrides.items() if v is not None}
-        return dataclasses.replace(self.decode_cfg, **given)
+        settings = dataclasses.replace(self.decode_cfg, **given)
+        for key, default in OWN_SEARCH_ONLY.items():
+            if not self.own_search and getattr(settings, key) != default:
+                raise ConfigError(f"{key} = {getattr(settings, key)!r}: only gapless's own "
+                                  f"search has it, not the {getattr(self, 'name', 'this')} engine "
+                                  "(--engine gapless)")
+        return settings
 
     def translate_ids(self, src: list[list[int]], sampling: dict | None = None,
                       **overrides) -> list[list[int]]:
@@ -188,6 +220,8 @@ class Translator(TextEngine):
     """A trained model + its SentencePiece model, ready to translate text (the generator:
     batching and limits here, the search policy in ``gapless.decode``)."""
 
+    own_search = True
+
     def __init__(self, model: Transformer, vocab: Vocab | None, decode: DecodeConfig, device,
                  dtype: str = "fp32", stepper: StepperFactory = ModelStepper):
         self.model = model.to(device).eval()
@@ -224,7 +258,7 @@ class Translator(TextEngine):
             hyps = greedy_search(self.stepper(self.model, batch.src, 1), batch.limits, sampler)
             return [[h] for h in hyps]
         stepper = self.stepper(self.model, batch.src, settings.beam)
-        return beam_search(stepper, batch.limits, settings.beam, settings.len_penalty,
+        return beam_search(stepper, batch.limits, settings.beam, length_penalty(settings),
                            max(settings.nbest, 1))
 
     name = "gapless"

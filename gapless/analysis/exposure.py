@@ -28,7 +28,9 @@ from .probe import Probe
 log = logging.getLogger(__name__)
 
 BEAMS = (1, 4, 10, 50)
+PROTOCOL_BEAMS = (1, 5, 10, 50, 100)  # docs/protocols/powered_comparison.md section 3
 BUCKET_EDGES = (10, 15, 20, 30)  # reference length buckets 1-10, 11-15, 16-20, 21-30, 31+
+WORD_EDGES = (10, 20, 30)  # reference words: 1-10, 11-20, 21-30, 31+ (the long sentences)
 CUTS = (0.25, 0.5, 0.75)  # prefix-swap cut points, as fractions of the reference length
 HALLUCINATION_CHRF = 20.0  # sentence chrF below this = "hallucination" (see DEFINITIONS)
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -59,6 +61,8 @@ DEFINITIONS = {
     "and more often than in the reference (looping output)",
     "length_ratio": "sacreBLEU corpus sys_len / ref_len",
     "buckets": "reference length in target subword tokens (without EOS)",
+    "word_buckets": "reference length in whitespace-separated words of the raw reference "
+    "(by_word_bucket; the same for every run whatever its subword vocabulary)",
     "prefix_swap": "He et al. 2021: at cut c the prefix has k = floor(c * n) tokens (sentences "
     "with 1 <= k < n whose greedy output has >= k tokens); 'gold' continues greedily from "
     "y_<=k, 'model' is the model's own greedy output after its first k tokens (greedy is "
@@ -214,9 +218,19 @@ def teacher_forced(probe: Probe, src: list[list[int]], tgt: list[list[int]]) -> 
     return out
 
 
+def _bucketed(lengths: list[int], edges: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """(bucket name, indices of its sentences) of every non-empty bucket, shortest first."""
+    keys = [bucket_of(n, edges) for n in lengths]
+    groups = [(name, [i for i, k in enumerate(keys) if k == b])
+              for b, name in enumerate(bucket_names(edges))]
+    return [(name, idx) for name, idx in groups if idx]
+
+
 def exposure_gap(refs: list[list[int]], tf_pred: list[list[int]], greedy: list[list[int]],
-                 edges: Sequence[int] = BUCKET_EDGES) -> dict:
-    """Teacher-forced vs free-running token accuracy by position, overall and by bucket."""
+                 edges: Sequence[int] = BUCKET_EDGES, word_lengths: list[int] | None = None,
+                 word_edges: Sequence[int] = WORD_EDGES) -> dict:
+    """Teacher-forced vs free-running token accuracy by position, overall, by subword-length
+    bucket and (given each reference's ``word_lengths``) by word-length bucket."""
     tf = [[p == y for p, y in zip(pred, ref)] for pred, ref in zip(tf_pred, refs)]
     free = [_lcs_matched(h, ref) for h, ref in zip(greedy, refs)]
     free_pos = [_aligned(h, ref) for h, ref in zip(greedy, refs)]
@@ -224,14 +238,17 @@ def exposure_gap(refs: list[list[int]], tf_pred: list[list[int]], greedy: list[l
               "by_position": _position_table({"tf_acc": tf, "free_acc": free,
                                               "free_pos_acc": free_pos}),
               "by_bucket": []}
-    for b, name in enumerate(bucket_names(edges)):
-        idx = [i for i, r in enumerate(refs) if bucket_of(len(r), edges) == b]
-        if idx:
-            sub = [[lists[i] for i in idx] for lists in (tf, free, free_pos)]
-            result["by_bucket"].append({
-                "bucket": name, **_accuracy_summary(*sub),
-                "by_position": _position_table({"tf_acc": sub[0], "free_acc": sub[1],
-                                                "free_pos_acc": sub[2]})})
+    for name, idx in _bucketed([len(r) for r in refs], edges):
+        sub = [[lists[i] for i in idx] for lists in (tf, free, free_pos)]
+        result["by_bucket"].append({
+            "bucket": name, **_accuracy_summary(*sub),
+            "by_position": _position_table({"tf_acc": sub[0], "free_acc": sub[1],
+                                            "free_pos_acc": sub[2]})})
+    if word_lengths is not None:
+        result["by_word_bucket"] = [
+            {"bucket": name, **_accuracy_summary(*[[lists[i] for i in idx]
+                                                    for lists in (tf, free, free_pos)])}
+            for name, idx in _bucketed(word_lengths, word_edges)]
     return result
 
 
@@ -354,6 +371,16 @@ class MeasureSettings:
     edges: Sequence[int] = BUCKET_EDGES
     cuts: Sequence[float] = CUTS
     sweep_sentences: int | None = None
+    word_edges: Sequence[int] = WORD_EDGES
+
+
+def _bleu_by_bucket(text: list[str], ref_text: list[str], lengths: list[int],
+                    edges: Sequence[int]) -> list[dict]:
+    """Corpus BLEU of the outputs ``text`` of each reference-length bucket (``lengths`` of the
+    first ``len(text)`` references)."""
+    return [{"bucket": name, "sentences": len(idx),
+             "bleu": corpus_scores([text[i] for i in idx], [ref_text[i] for i in idx]).bleu}
+            for name, idx in _bucketed(lengths, edges)]
 
 
 def beam_sweep(probe: Probe, src: list[list[int]], refs: list[list[int]], ref_text: list[str],
@@ -374,20 +401,17 @@ def beam_sweep(probe: Probe, src: list[list[int]], refs: list[list[int]], ref_te
         text = probe.detokenize(hyps)
         score = corpus_scores(text, ref_text[:n])
         chrf = _sentence_chrf(text, ref_text[:n])
-        by_bucket = []
-        for b, name in enumerate(bucket_names(edges)):
-            idx = [i for i in range(n) if bucket_of(len(refs[i]), edges) == b]
-            if idx:
-                by_bucket.append({"bucket": name, "sentences": len(idx),
-                                  "bleu": corpus_scores([text[i] for i in idx],
-                                                        [ref_text[i] for i in idx]).bleu})
         rows.append({
             "beam": beam, "bleu": score.bleu, "chrf": score.chrf,
             "length_ratio": score.length_ratio,
             "hallucination": _rate(sum(c < HALLUCINATION_CHRF for c in chrf), n),
             "repetition": _rate(sum(_repeats(h, r) for h, r in zip(text, ref_text[:n])), n),
             "empty": _rate(sum(not h for h in hyps), n),
-            "seconds": round(seconds, 2), "by_bucket": by_bucket,
+            "seconds": round(seconds, 2),
+            "by_bucket": _bleu_by_bucket(text, ref_text, [len(r) for r in refs[:n]], edges),
+            "by_word_bucket": _bleu_by_bucket(text, ref_text,
+                                              [len(r.split()) for r in ref_text[:n]],
+                                              settings.word_edges),
         })
         log.info("beam %d: BLEU %.2f (%.1f s)", beam, score.bleu, seconds)
     return {
@@ -420,7 +444,8 @@ def measure(probe: Probe, src: list[list[int]], refs: list[list[int]], ref_text:
     result = {
         "definitions": DEFINITIONS,
         "sentences": len(src),
-        "gap": timed("gap", exposure_gap, refs, ref_tf["pred"], greedy, edges),
+        "gap": timed("gap", exposure_gap, refs, ref_tf["pred"], greedy, edges,
+                     [len(r.split()) for r in ref_text], settings.word_edges),
         "distractor": timed("distractor", distractor_logprobs, probe, src, refs, ref_tf),
         "overcorrection": timed("overcorrection", overcorrection, probe, src, refs, ref_tf),
         "prefix_swap": timed("prefix_swap", prefix_swap, probe, src, refs, greedy,

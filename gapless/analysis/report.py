@@ -15,6 +15,7 @@ from ..checkpoint import atomic_write_text
 from ..textio import relative_path
 from .exposure import DEFINITIONS
 from .figures import colors, finish, pyplot, save, style_pair
+from .lengths import CHOICES, cell_rows, choice_rows
 
 FIGURES = {
     "gap": "gap.png",
@@ -335,8 +336,80 @@ def _sections(results: list[dict]) -> list[str]:
         _table(["model", "subset", "positions", "follows gold (%)", "restates gold (%)",
                 "other (%)", "gold kept: next acc (%)", "log p(y_t+1), gold",
                 "log p(y_t+1), swapped"], rows["over"]),
+        *_where_it_bites(results),
         "## Definitions",
         "\n".join(f"- **{k}**: {v}" for k, v in DEFINITIONS.items()),
+    ]
+
+
+def _beam_curve(results: list[dict]) -> tuple[list[str], list[list]]:
+    """BLEU (length ratio) by beam size, one column per run: (header, rows)."""
+    beams = sorted({b["beam"] for r in results for b in r["beam_sweep"]["beams"]})
+    per_run = [{b["beam"]: b for b in r["beam_sweep"]["beams"]} for r in results]
+    rows = [[beam] + [f"{got[beam]['bleu']:.2f} ({got[beam]['length_ratio']:.3f})"
+                      if beam in got else None for got in per_run] for beam in beams]
+    return ["beam"] + [_label(r) for r in results], rows
+
+
+def _long_sentences(results: list[dict]) -> tuple[list[str], list[list]]:
+    """Exposure gap and BLEU per beam by reference length in words, a row per bucket and run
+    (runs side by side within a bucket): (header, rows)."""
+    beams = sorted({b["beam"] for r in results for b in r["beam_sweep"]["beams"]})
+    buckets = _buckets([r["gap"].get("by_word_bucket", []) for r in results])
+    gaps = [{g["bucket"]: g for g in r["gap"].get("by_word_bucket", [])} for r in results]
+    bleus = [{b["beam"]: {x["bucket"]: x["bleu"] for x in b.get("by_word_bucket", [])}
+              for b in r["beam_sweep"]["beams"]} for r in results]
+    rows = []
+    for bucket in buckets:
+        for r, gap, bleu in zip(results, gaps, bleus):
+            if bucket in gap:
+                g = gap[bucket]
+                rows.append([bucket, _label(r), g["sentences"], _pct(g["tf_acc"]),
+                             _pct(g["free_acc"]), _pct(g["gap"])]
+                            + [bleu.get(beam, {}).get(bucket) for beam in beams])
+    header = ["reference words", "model", "sentences", "gold-prefix acc", "own-prefix acc",
+              "gap (pp)"] + [f"BLEU beam {b}" for b in beams]
+    return header, rows
+
+
+def _length_search(results: list[dict]) -> list[str]:
+    """The length settings chosen on valid and their test figures, when measured."""
+    named = [(_label(r), r["length_grid"]) for r in results if "length_grid" in r]
+    if not named:
+        return ["Not measured: add `--length-grid` (or `--protocol`)."]
+    first = named[0][1]
+    header, rows = cell_rows(named)
+    beams = ", ".join(f"{name}: {grid['beam']}" for name, grid in named)
+    return [
+        (f"Each setting is chosen on `{first['valid_split']}` by {first['chosen_by']}, at the "
+         f"run's own beam size ({beams}); the test split (`{first['test_split']}`) is decoded "
+         "only for the default and the chosen settings, after choosing. The columns *valid "
+         "BLEU* / *valid length ratio* are the figures that chose each setting."),
+        "\n".join(f"- **{k}**: {v}" for k, v in CHOICES.items()),
+        _table(["model", "choice", "setting", "valid BLEU (chose it)", "valid length ratio",
+                "test BLEU", "test length ratio", "test BP"], choice_rows(named)),
+        "Every grid cell on valid, BLEU (length ratio):",
+        _table(header, rows),
+    ]
+
+
+def _where_it_bites(results: list[dict]) -> list[str]:
+    """Section 7: the protocol's length, beam-size and long-sentence figures, runs side by side
+    (docs/protocols/powered_comparison.md section 3)."""
+    curve, long = _beam_curve(results), _long_sentences(results)
+    return [
+        "## 7. Where exposure bias bites: length, beam size, long sentences",
+        "### Length",
+        ("The length ratio of each run at every beam is in the beam-size table below (and in "
+         "the beam sweep, section 3 above); the search's own effect on length:"),
+        *_length_search(results),
+        "### Beam size",
+        "BLEU (length ratio) by beam size:",
+        _table(*curve),
+        "### Long sentences",
+        ("Token accuracy (%) and the exposure-bias gap of the greedy output, and BLEU at each "
+         "beam (on the beam sweep's sentences), by reference length in words:"),
+        _table(*long),
     ]
 
 
@@ -377,6 +450,8 @@ def compare_report(folders: list[str | Path], out: str | Path) -> Path:
         command += ["--max-sentences", str(s["max_sentences"])]
     if s.get("sweep_sentences") is not None:
         command += ["--sweep-sentences", str(s["sweep_sentences"])]
+    if s.get("length_grid"):
+        command += ["--length-grid"]
     title = f"Exposure-bias comparison on {', '.join(splits)}: " + ", ".join(map(_label, results))
     intro = "\n".join(_intro(r) for r in results)
     if any(r["settings"] != s for r in results):

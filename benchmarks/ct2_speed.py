@@ -6,14 +6,18 @@ prints one JSON document.
 The run's checkpoint is exported (``gapless.export.export``) into a temporary directory twice,
 ``--quantization float32`` and ``int8``; then each engine translates the whole split, text in
 -> text out (SentencePiece encode, search, decode; models loaded beforehand), at ``--beam``
-with the run's own length settings, ``--batch-size`` sentences per batch, after one untimed
-warm-up batch: ``gapless.inference.load(run, dtype="bf16")`` with torch at ``--threads``
-threads, and ``gapless.export.CTranslate2Engine`` (``ctranslate2.Translator(inter_threads=1,
-intra_threads=--threads)``; it groups sentences by their length limit, at most
-``--batch-size`` per ``translate_batch`` call). Reported per engine: sentences/s (median of
-``--repeat`` timed passes, engines in turn), mean hypothesis pieces, BLEU / chrF (sacreBLEU,
+with the run's own length settings, ``--batch-size`` sentences per batch, after two untimed
+warm-up batches: ``gapless.inference.load(run, dtype="bf16")`` with torch at ``--threads``
+threads, and ``gapless.export.CTranslate2Engine`` on the same batches (sorted by length,
+``--batch-size`` sentences, one ``translate_batch`` call each). CTranslate2 runs in each of
+``--layouts`` (``INTERxINTRA``: ``ctranslate2.Translator(inter_threads=INTER,
+intra_threads=INTRA)``; default ``1xTHREADS``, one batch at a time on all threads; ``2x1`` is
+CTranslate2's advice for throughput on CPU, two batches at a time on one thread each, every
+batch queued at once); an engine of a layout other than the first is named
+``ct2_QUANT_INTERxINTRA``. Reported per engine: sentences/s (median of ``--repeat`` timed
+passes, engines in turn, ``--pause`` seconds of rest before each), mean hypothesis pieces, BLEU / chrF (sacreBLEU,
 ``gapless.metrics.corpus_scores``); and the share of identical hypotheses of int8 against
-float32 and of CTranslate2 float32 against gapless bf16.
+float32 and of CTranslate2 float32 against gapless bf16 (first layout).
 """
 
 from __future__ import annotations
@@ -49,7 +53,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-sentences", type=int, default=0, help="first N sentences (0: all)")
     p.add_argument("--repeat", type=int, default=1, help="timed passes per engine")
-    return p.parse_args(argv)
+    p.add_argument("--pause", type=float, default=1.0,
+                   help="seconds of rest before each timed pass")
+    p.add_argument("--layouts", default="",
+                   help="CTranslate2 thread layouts INTERxINTRA, comma-separated "
+                        "(default: 1xTHREADS)")
+    args = p.parse_args(argv)
+    args.layouts = parse_layouts(args.layouts, args.threads)
+    return args
+
+
+def parse_layouts(text: str, threads: int) -> list[tuple[int, int]]:
+    """``"1x2,2x1"`` -> [(1, 2), (2, 1)] (inter_threads, intra_threads); empty: one batch at
+    a time on ``threads`` threads."""
+    if not text.strip():
+        return [(1, threads)]
+    layouts = []
+    for part in text.split(","):
+        inter, _, intra = part.strip().lower().partition("x")
+        if not (inter.isdigit() and intra.isdigit() and int(inter) > 0 and int(intra) > 0):
+            raise SystemExit(f"--layouts: {part!r} is not INTERxINTRA (e.g. 2x1)")
+        layouts.append((int(inter), int(intra)))
+    return layouts
+
+
+def engine_name(quantization: str, layout: tuple[int, int], first: bool) -> str:
+    return f"ct2_{quantization}" if first else f"ct2_{quantization}_{layout[0]}x{layout[1]}"
 
 
 def load_engines(args, folder: Path) -> dict:
@@ -61,7 +90,9 @@ def load_engines(args, folder: Path) -> dict:
     for quantization in ("float32", "int8"):
         say("ct2_speed", f"export {quantization} ...")
         out = export(args.run, folder / quantization, args.checkpoint, quantization)
-        engines[f"ct2_{quantization}"] = CTranslate2Engine(out, "cpu", "default", args.threads)
+        for i, (inter, intra) in enumerate(args.layouts):
+            engines[engine_name(quantization, (inter, intra), i == 0)] = CTranslate2Engine(
+                out, "cpu", "default", intra, inter_threads=inter)
     return engines
 
 
@@ -76,7 +107,7 @@ def timed_pass(engine, src: list[str], kwargs: dict) -> tuple[float, list[list[i
 def measure(engines: dict, src: list[str], args) -> dict:
     """{engine: (seconds per pass, hypothesis ids)}, engines taking turns each pass."""
     kwargs = {"beam": args.beam, "batch_size": args.batch_size}
-    warm = src[: args.batch_size]
+    warm = src[: 2 * args.batch_size]  # two batches: each of two workers gets one
     for name, engine in engines.items():
         say("ct2_speed", f"warm-up {name} ...")
         engine.translate(warm, **kwargs)
@@ -84,6 +115,7 @@ def measure(engines: dict, src: list[str], args) -> dict:
     ids: dict[str, list] = {}
     for i in range(args.repeat):
         for name in rotated(list(engines), i):
+            time.sleep(args.pause)  # the previous engine's OpenMP threads stop spinning
             secs, ids[name] = timed_pass(engines[name], src, kwargs)
             seconds[name].append(secs)
             say("ct2_speed", f"{name}: {len(src) / secs:.1f} sent/s")
@@ -128,6 +160,8 @@ def main(argv=None) -> int:
         "protocol": {
             "split": args.split, "source": relpath(src_path), "sentences": len(src),
             "beam": args.beam, "batch_size": args.batch_size, "threads": args.threads,
+            "pause_seconds": args.pause,
+            "ct2_layouts": [f"{inter}x{intra}" for inter, intra in args.layouts],
             "len_penalty": decode.len_penalty, "max_len_a": decode.max_len_a,
             "max_len_b": decode.max_len_b, "min_len": decode.min_len, "repeat": args.repeat,
             "ctranslate2_version": engines["ct2_float32"].info["ctranslate2_version"],

@@ -2,16 +2,29 @@
 subprocess, next to offline decoding of the same sentences; prints one JSON document.
 
 Protocol: the server (``python -m gapless serve RUN``, its own process, ``--threads`` torch
-threads) on a free 127.0.0.1 port; ``--clients`` (32) threads, each with one keep-alive
-connection (the standard library's ``http.client``: the least client CPU on the same machine),
-send ``--requests`` (2,000) POST /v1/translate requests of 1-5 sentences of the test split drawn
-at random with ``--seed``, at ``--beam``, after ``--warmup-requests`` (64) untimed ones (kernel
-set-up for the batch shapes). Reported: failed requests (and the statuses seen),
-served sentences/s (successful sentences / wall-clock of the load), latency p50/p95/p99/max,
-the server's batches (from /health), its memory (VmHWM peak and VmRSS current, from
-/proc/PID/status) after request ``--rss-at`` (500) and after the last one, and offline
-sentences/s: ``engine.translate`` of the same sentences in this process (after the server has
-stopped; same loader, beam and threads) — what batching costs or gains over one big batch.
+threads) on a free 127.0.0.1 port; ``--clients`` (32) clients, each with one keep-alive
+HTTP/1.1 connection, send ``--requests`` (2,000) POST /v1/translate requests of 1-5 sentences of
+the test split drawn at random with ``--seed``, at ``--beam``, after ``--warmup-requests`` (64)
+untimed ones (kernel set-up for the batch shapes). The clients are coroutines of one asyncio
+loop in one thread, writing prepared request bytes and reading the answers off raw streams:
+on a machine whose cores the server shares, the load generator should cost it as little CPU
+as it can (its CPU seconds are reported). A request fails when its status is not 200, its
+answer does not hold one translation per sentence, the connection breaks or it times out.
+Reported: failed requests (and the statuses seen), served sentences/s (successful sentences /
+wall-clock of the load), latency p50/p95/p99/max, the server's batches and engine-busy seconds
+(from /health), CPU seconds of server and client, the server's memory (VmHWM peak and VmRSS
+current, from /proc/PID/status) after request ``--rss-at`` (500) and after the last one, and
+offline sentences/s: ``engine.translate`` of the same sentences in a fresh process with the
+server's environment and runtime settings (``gapless.serve.server.prepare_runtime``), the same
+loader, beam and threads, after the server has stopped. ``--also-offline-default`` adds the
+same offline pass with gapless's offline runtime settings (``gapless.load`` alone);
+``--offline-served-batches`` one that calls the engine with the server's mean batch size of
+consecutive sentences in request order (mixed lengths, as merged requests are), which tells the
+engine's cost of served batches apart from the server's own.
+
+``--server-env KEY=VALUE`` (repeatable) sets a variable for the server and the offline process
+alike (``OMP_WAIT_POLICY=PASSIVE``, ``GAPLESS_SERVE_BATCH_START=quiet``,
+``ONEDNN_PRIMITIVE_CACHE_CAPACITY=16384``, ...).
 
 Bounded: ``--max-seconds`` stops sending new requests (``stopped_early`` says so), every
 request has a timeout, and the server is stopped at the end whatever happens.
@@ -23,6 +36,7 @@ request has a timeout, and the server is stopped at the end whatever happens.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import itertools
 import json
@@ -31,10 +45,20 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from pathlib import Path
 
-from benchmarks.common import REPO, emit, finish, machine, relpath, say, split_lines
+from benchmarks.common import (
+    REPO,
+    child_json,
+    emit,
+    finish,
+    machine,
+    relpath,
+    reply,
+    say,
+    split_lines,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,12 +76,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=["auto", "gapless", "ctranslate2"])
     p.add_argument("--max-batch-tokens", type=int, default=4096)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable of the server and the offline process")
     p.add_argument("--warmup-requests", type=int, default=64,
                    help="untimed requests first (other sentences of the same split)")
     p.add_argument("--rss-at", type=int, default=500, help="sample the server's memory here")
     p.add_argument("--max-seconds", type=float, default=1800, help="stop sending after this")
     p.add_argument("--request-timeout", type=float, default=300)
+    p.add_argument("--no-offline", action="store_true", help="skip the offline pass")
+    p.add_argument("--also-offline-default", action="store_true",
+                   help="also translate offline with gapless.load's own runtime settings")
+    p.add_argument("--offline-served-batches", action="store_true",
+                   help="also translate offline in the server's mean batch size, in request "
+                        "order (mixed lengths, as merged requests are): the engine's cost of "
+                        "served batches without the server")
+    p.add_argument("--offline-worker", help=argparse.SUPPRESS)  # child mode: a file of lines
+    p.add_argument("--offline-chunk", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--offline-runtime", default="server", choices=["server", "default"],
+                   help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def server_env(args) -> dict:
+    """The environment of the server and of the offline process."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for item in args.server_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--server-env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
 
 
 def draw_requests(src: list[str], n: int, seed: int) -> list[list[str]]:
@@ -77,6 +125,13 @@ def memory_mb(pid: int) -> dict:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
     """``python -m gapless serve`` in a subprocess on a free loopback port (a context)."""
 
@@ -90,7 +145,7 @@ class Server:
                         "--device", args.device, "--dtype", args.dtype, "--engine", args.engine,
                         "--max-batch-tokens", str(args.max_batch_tokens),
                         "--max-wait-ms", str(args.max_wait_ms), "--max-beam", str(args.beam)]
-        self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        self.env = server_env(args)
         self.proc: subprocess.Popen | None = None
 
     def get(self, path: str) -> dict:
@@ -130,69 +185,107 @@ class Server:
         self.log.close()
 
 
-class Load:
-    """The clients: ``clients`` threads sending ``requests`` in order until done or the
-    deadline; ``on_done(count)`` is called after each finished request."""
+def post_bytes(port: int, lines: list[str], beam: int) -> bytes:
+    """One POST /v1/translate request on a keep-alive connection, as bytes."""
+    body = json.dumps({"text": lines, "beam": beam}).encode()
+    head = (f"POST /v1/translate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
 
-    def __init__(self, port: int, requests: list[list[str]], beam: int, args,
-                 rss_at: int | None = None):
-        self.port, self.requests, self.beam, self.args = port, requests, beam, args
-        self.rss_at = rss_at
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes,
+                   sentences: int) -> tuple[int, bool]:
+    """Send ``request`` and read its answer: (status, whether the server closes the
+    connection); status -1 for a 200 whose answer does not hold ``sentences`` translations."""
+    writer.write(request)
+    await writer.drain()
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("the server closed the connection")
+    status = int(status_line.split()[1])
+    length, close = 0, False
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"connection":
+            close = value.strip().lower() == b"close"
+        elif name == b"transfer-encoding":
+            raise ValueError("a chunked answer")
+    payload = await reader.readexactly(length)
+    if status == 200 and len(json.loads(payload)["translations"]) != sentences:
+        status = -1
+    return status, close
+
+
+class Load:
+    """The clients: ``clients`` coroutines, each on its own keep-alive connection, sending
+    ``requests`` in order until done or ``max_seconds`` have passed."""
+
+    def __init__(self, port: int, requests: list[list[str]], beam: int, clients: int,
+                 max_seconds: float, timeout: float, rss_at: int | None = None):
+        self.port, self.requests, self.clients = port, requests, clients
+        self.payloads = [post_bytes(port, lines, beam) for lines in requests]
+        self.max_seconds, self.timeout, self.rss_at = max_seconds, timeout, rss_at
         self.next = itertools.count()
-        self.lock = threading.Lock()
         self.results: list[tuple[int, float, int]] = []  # (request, seconds, status)
         self.memory: dict = {}
-        self.deadline = time.monotonic() + args.max_seconds
         self.server_pid: int | None = None
+        self.deadline = 0.0
+        self.cpu_seconds = 0.0  # this process's, during the load
 
-    def send(self, conn: http.client.HTTPConnection, lines: list[str]) -> int:
-        body = json.dumps({"text": lines, "beam": self.beam})
-        conn.request("POST", "/v1/translate", body, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        answer = json.loads(response.read())
-        if response.status == 200 and len(answer["translations"]) != len(lines):
-            return -1  # a wrong answer counts as failed
-        return response.status
+    def _record(self, i: int, seconds: float, status: int) -> None:
+        self.results.append((i, seconds, status))
+        if self.server_pid is not None and len(self.results) == self.rss_at:
+            self.memory[f"after_request_{len(self.results)}"] = memory_mb(self.server_pid)
 
-    def client(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                          timeout=self.args.request_timeout)
+    async def client(self) -> None:
+        reader = writer = None
         while time.monotonic() < self.deadline:
             i = next(self.next)
             if i >= len(self.requests):
                 break
             start = time.perf_counter()
             try:
-                status = self.send(conn, self.requests[i])
-            except (OSError, ValueError, http.client.HTTPException):
-                status = 0
-                conn.close()  # reconnects on the next request
-            with self.lock:
-                self.results.append((i, time.perf_counter() - start, status))
-                if len(self.results) == self.rss_at:
-                    self.memory[f"after_request_{len(self.results)}"] = memory_mb(
-                        self.server_pid)
-        conn.close()
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                status, close = await asyncio.wait_for(exchange(
+                    reader, writer, self.payloads[i], len(self.requests[i])), self.timeout)
+            except (OSError, ValueError, KeyError, TypeError, IndexError,
+                    asyncio.IncompleteReadError, asyncio.TimeoutError):
+                status, close = 0, True
+            if close and writer is not None:
+                writer.close()
+                writer = None
+            self._record(i, time.perf_counter() - start, status)
+        if writer is not None:
+            writer.close()
 
-    def run(self, server_pid: int) -> float:
+    async def _all(self) -> None:
+        self.deadline = time.monotonic() + self.max_seconds
+        await asyncio.gather(*(self.client() for _ in range(self.clients)))
+
+    def run(self, server_pid: int | None = None) -> float:
         """Wall-clock seconds of the whole load."""
         self.server_pid = server_pid
-        threads = [threading.Thread(target=self.client) for _ in range(self.args.clients)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        cpu, start = time.process_time(), time.perf_counter()
+        asyncio.run(self._all())
         seconds = time.perf_counter() - start
-        if self.rss_at is not None:
+        self.cpu_seconds = time.process_time() - cpu
+        if server_pid is not None and self.rss_at is not None:
             self.memory[f"after_request_{len(self.results)}"] = memory_mb(server_pid)
         return seconds
+
+    def failed(self) -> int:
+        return sum(status != 200 for _, _, status in self.results)
 
 
 def served(load: Load, seconds: float, health: dict, before: dict) -> dict:
     """The load's figures; the server's batch counts since ``before`` (its /health then)."""
     batches = health.get("batches", 0) - before.get("batches", 0)
     batched = health.get("sentences", 0) - before.get("sentences", 0)
+    busy = health.get("busy_seconds", 0.0) - before.get("busy_seconds", 0.0)
     ok = [(i, s) for i, s, status in load.results if status == 200]
     statuses: dict[str, int] = {}
     for _, _, status in load.results:
@@ -204,61 +297,110 @@ def served(load: Load, seconds: float, health: dict, before: dict) -> dict:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3, 1) \
             if latencies else None
 
-    return {"requests_sent": len(load.results), "failed": len(load.results) - len(ok),
+    return {"requests_sent": len(load.results), "failed": load.failed(),
             "statuses": statuses, "sentences": sentences, "seconds": round(seconds, 2),
             "sentences_per_second": round(sentences / seconds, 2) if seconds else None,
             "latency_ms": {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99),
                            "max": pct(1.0)},
             "stopped_early": len(load.results) < len(load.requests),
             "server_batches": batches,
-            "sentences_per_batch": round(batched / batches, 2) if batches else None}
+            "sentences_per_batch": round(batched / batches, 2) if batches else None,
+            "engine_busy_seconds": round(busy, 2),
+            "sentences_per_busy_second": round(batched / busy, 2) if busy else None,
+            "client_cpu_seconds": round(load.cpu_seconds, 2)}
 
 
-def offline(args, lines: list[str]) -> dict:
-    """``engine.translate`` of ``lines`` in this process, loaded as the server loads it."""
+def offline_worker(args) -> int:
+    """Child mode: translate the lines of ``--offline-worker`` as one offline pass; one JSON
+    line with the sentences and seconds."""
     import torch
 
-    from gapless.serve.server import load_model
+    from gapless.serve.server import load_model, prepare_runtime
 
+    if args.offline_runtime == "server":
+        prepare_runtime()
     torch.set_num_threads(args.threads)
     engine = load_model(args.run, args.checkpoint, args.device, args.dtype, args.engine)
+    lines = Path(args.offline_worker).read_text(encoding="utf-8").split("\n")
     engine.translate(lines[:8], beam=args.beam)  # warm-up
+    chunk = args.offline_chunk or len(lines)
     start = time.perf_counter()
-    engine.translate(lines, beam=args.beam)
+    for i in range(0, len(lines), chunk):
+        engine.translate(lines[i:i + chunk], beam=args.beam)
     seconds = time.perf_counter() - start
-    return {"sentences": len(lines), "seconds": round(seconds, 2),
-            "sentences_per_second": round(len(lines) / seconds, 2)}
+    reply({"sentences": len(lines), "seconds": round(seconds, 2),
+           "sentences_per_second": round(len(lines) / seconds, 2),
+           "sentences_per_call": chunk,
+           "onednn_cache": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")})
+    return 0
+
+
+def offline(args, lines: list[str], runtime: str, chunk: int = 0) -> dict:
+    """``engine.translate`` of ``lines`` in a fresh process with the server's environment,
+    loaded as the server loads it (``runtime`` server: after ``prepare_runtime``), all in one
+    call or ``chunk`` sentences per call."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+        f.flush()
+        child = ["--run", str(args.run), "--checkpoint", args.checkpoint, "--threads",
+                 str(args.threads), "--device", args.device, "--dtype", args.dtype, "--engine",
+                 args.engine, "--beam", str(args.beam), "--offline-worker", f.name,
+                 "--offline-runtime", runtime, "--offline-chunk", str(chunk)]
+        env = server_env(args) if runtime == "server" else {**os.environ, "OMP_NUM_THREADS":
+                                                            str(args.threads)}
+        return {**child_json("benchmarks.serve_load", child, env), "runtime": runtime}
+
+
+def load_server(args, requests, warmup) -> tuple[Load, dict, dict]:
+    """Start the server, warm it up, run the load: (load, served figures, /v1/model)."""
+    with Server(args) as server:
+        before: dict = {}
+        if warmup:
+            Load(server.port, warmup, args.beam, args.clients, args.max_seconds,
+                 args.request_timeout).run()
+            before = server.get("/health")
+        load = Load(server.port, requests, args.beam, args.clients, args.max_seconds,
+                    args.request_timeout, min(args.rss_at, len(requests)))
+        cpu = cpu_seconds(server.proc.pid)
+        seconds = load.run(server.proc.pid)
+        result = served(load, seconds, server.get("/health"), before)
+        result["server_cpu_seconds"] = round(cpu_seconds(server.proc.pid) - cpu, 2)
+        model = server.get("/v1/model")
+    return load, result, model
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.offline_worker:
+        return offline_worker(args)
     info = machine(args.threads)
     src, _, src_path = split_lines(args.run, args.split)
     requests = draw_requests(src, args.requests, args.seed)
     say("serve_load", f"{len(requests)} requests, {args.clients} clients, beam {args.beam}")
     warmup = draw_requests(src, args.warmup_requests, args.seed + 1)
-    with Server(args) as server:
-        if warmup:
-            Load(server.port, warmup, args.beam, args).run(server.proc.pid)
-            warm = server.get("/health")
-        load = Load(server.port, requests, args.beam, args, min(args.rss_at, len(requests)))
-        seconds = load.run(server.proc.pid)
-        result = served(load, seconds, server.get("/health"), warm if warmup else {})
-        model = server.get("/v1/model")
+    load, result, model = load_server(args, requests, warmup)
     say("serve_load", f"served {result['sentences_per_second']} sentences/s, "
         f"{result['failed']} failed; offline ...")
     sent = [line for i, _, status in load.results if status == 200 for line in requests[i]]
-    off = offline(args, sent) if sent else None
+    off = offline(args, sent, "server") if sent and not args.no_offline else None
+    off_default = offline(args, sent, "default") if sent and args.also_offline_default \
+        else None
+    per_batch = round(result["sentences_per_batch"] or 0)
+    off_served = offline(args, sent, "server", per_batch) \
+        if sent and per_batch and args.offline_served_batches else None
     emit({
         "benchmark": "serve_load", "run": relpath(args.run), "checkpoint": args.checkpoint,
-        "model": {"name": model.get("name"), "engine": model.get("engine")},
+        "model": {"name": model.get("name"), "engine": model.get("engine"),
+                  "limits": model.get("limits")},
         "protocol": {"split": args.split, "source": relpath(src_path), "requests": args.requests,
                      "clients": args.clients, "sentences_per_request": "1-5", "seed": args.seed,
                      "beam": args.beam, "threads": args.threads, "device": args.device,
                      "dtype": args.dtype, "max_batch_tokens": args.max_batch_tokens,
                      "max_wait_ms": args.max_wait_ms, "max_seconds": args.max_seconds,
-                     "warmup_requests": args.warmup_requests},
-        "served": result, "offline": off,
+                     "warmup_requests": args.warmup_requests, "server_env": args.server_env,
+                     "client": "one asyncio loop, one keep-alive connection per client"},
+        "served": result, "offline": off, "offline_default_runtime": off_default,
+        "offline_in_served_batches": off_served,
         "served_over_offline": round(result["sentences_per_second"]
                                      / off["sentences_per_second"], 3)
         if off and result["sentences_per_second"] else None,

@@ -224,3 +224,28 @@ def test_evaluate_reports_the_same_bleu_and_the_export_records_it(trained, tmp_p
     assert (out / "eval" / "test2016.json").is_file() and (out / "eval" / "test2016.hyp").is_file()
     assert main(["evaluate", str(out), "--beam", "4", "--device", "cpu"]) == 0
     assert f"test2016: BLEU {ours['bleu']:.2f}" in capsys.readouterr().out
+
+
+def test_several_workers_give_the_same_hypotheses_in_input_order(base, tmp_path):
+    """``inter_threads`` 2 queues every batch at once; the answers equal one worker's."""
+    out = export(random_run(base, tmp_path / "run"), tmp_path / "ct2")
+    one = CTranslate2Engine(out, "cpu", threads=1)
+    two = CTranslate2Engine(out, "cpu", threads=1, inter_threads=2)
+    src = one.vocab.encode(_sources(23, seed=5))
+    for beam in (1, 3):
+        ours = one.translate_nbest(src, beam=beam, batch_size=4, nbest=2 if beam > 1 else 1)
+        theirs = two.translate_nbest(src, beam=beam, batch_size=4, nbest=2 if beam > 1 else 1)
+        assert [[h.tokens for h in x] for x in theirs] == [[h.tokens for h in x] for x in ours]
+    assert two.describe()["inter_threads"] == 2 and one.describe()["inter_threads"] == 1
+
+
+def test_ct2_speed_thread_layouts():
+    from benchmarks.ct2_speed import engine_name, parse_layouts
+
+    assert parse_layouts("", 2) == [(1, 2)]
+    assert parse_layouts("1x2, 2X1", 2) == [(1, 2), (2, 1)]
+    for bad in ("2", "0x2", "ax1"):
+        with pytest.raises(SystemExit):
+            parse_layouts(bad, 2)
+    assert engine_name("int8", (1, 2), True) == "ct2_int8"
+    assert engine_name("int8", (2, 1), False) == "ct2_int8_2x1"

@@ -56,7 +56,7 @@ class CTranslate2Engine(TextEngine):
     name = "ctranslate2"
 
     def __init__(self, path: str | Path, device: str = "auto", compute_type: str = "default",
-                 threads: int = 0):
+                 threads: int = 0, inter_threads: int = 1):
         ct2 = require_ctranslate2()
         self.path = Path(path)
         if not is_export_dir(self.path):
@@ -68,8 +68,10 @@ class CTranslate2Engine(TextEngine):
         self.vocab = Vocab(self.path / "spm.model")
         self.pieces = [self.vocab.sp.id_to_piece(i) for i in range(len(self.vocab))]
         self.ids = {p: i for i, p in enumerate(self.pieces)}
+        self.inter_threads, self.intra_threads = max(int(inter_threads), 1), threads
         self.translator = ct2.Translator(str(self.path), device=_device(ct2, device),
-                                         compute_type=compute_type, inter_threads=1,
+                                         compute_type=compute_type,
+                                         inter_threads=self.inter_threads,
                                          intra_threads=threads)
 
     @property
@@ -108,12 +110,18 @@ class CTranslate2Engine(TextEngine):
         options = self._options(settings, sampling)
         limits = length_limits([len(s) for s in src], settings, self.cfg.model.max_positions)
         out: list[list[Hypothesis]] = [[] for _ in src]
+        # with several workers (inter_threads) every batch is queued at once and the workers
+        # take them in turn; their results come back in input order either way
+        queued = self.inter_threads > 1
+        calls = []
         for index in sentence_batches([len(s) for s in src], settings.batch_size):
             batch = [[self.pieces[t] for t in src[i]] for i in index]
             longest = max(limits[i] for i in index)  # one limit per call: each is cut to its own
-            results = self.translator.translate_batch(batch, max_decoding_length=longest + 1,
-                                                      **options)
+            calls.append((index, self.translator.translate_batch(
+                batch, max_decoding_length=longest + 1, asynchronous=queued, **options)))
+        for index, results in calls:
             for i, res in zip(index, results):
+                res = res.result() if queued else res
                 out[i] = [self._hypothesis(h, s, limits[i], options["length_penalty"])
                           for h, s in zip(res.hypotheses, res.scores)]
         return out
@@ -121,6 +129,7 @@ class CTranslate2Engine(TextEngine):
     def describe(self) -> dict:
         t = self.translator
         return {"engine": self.name, "device": t.device, "dtype": t.compute_type,
+                "inter_threads": t.num_translators, "intra_threads": self.intra_threads,
                 "quantization": self.info.get("quantization"), "export": str(self.path),
                 "run": self.info.get("run"), "name": self.cfg.name,
                 "checkpoint": self.info.get("checkpoint"), "config": self.info["config"]}

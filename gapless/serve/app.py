@@ -41,7 +41,7 @@ GET /v1/model
 
 GET /health
     ``{"status": "ok", "engine", "requests", "dropped", "batches", "sentences", "failed",
-    "queued"}``.
+    "queued", "busy_seconds"}`` (``busy_seconds``: time the worker spent in engine calls).
 
 GET /
     The web page (``gapless/serve/static``, no external assets): German in, English out, beam
@@ -60,6 +60,7 @@ import time
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -160,7 +161,9 @@ class Service:
 
     def __init__(self, engine, settings: ServeSettings):
         self.engine, self.settings = engine, settings
-        self.batcher = Batcher(engine, settings.max_batch_tokens, settings.max_wait_ms)
+        self.batcher = Batcher(engine, settings.max_batch_tokens, settings.max_wait_ms,
+                               start=settings.batch_start, max_hold_ms=settings.max_hold_ms,
+                               trim_every=settings.trim_every)
         described = engine.describe()
         self.described = described
         self.decode = decode_defaults(engine, described)
@@ -187,7 +190,8 @@ class Service:
         return JSONResponse({
             "translations": [entry(h, t) for h, t in zip(result.translations, result.truncated)],
             "model": self.name, "seconds": round(time.perf_counter() - start, 4),
-            "settings": dataclasses.asdict(req.decode)})
+            "settings": dataclasses.asdict(req.decode)},
+            background=BackgroundTask(self.batcher.delivered))  # runs once the answer is out
 
     async def model(self, request: Request) -> Response:
         s = self.settings
@@ -199,7 +203,8 @@ class Service:
             "limits": {"max_sentences": s.max_sentences, "max_chars": s.max_chars,
                        "max_beam": max(s.max_beam, self.decode.beam),
                        "max_source_tokens": getattr(self.engine, "max_source_tokens", None),
-                       "max_batch_tokens": s.max_batch_tokens, "max_wait_ms": s.max_wait_ms}})
+                       "max_batch_tokens": s.max_batch_tokens, "max_wait_ms": s.max_wait_ms,
+                       "batch_start": s.batch_start, "max_hold_ms": s.max_hold_ms}})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "engine": self.engine.name,

@@ -4,10 +4,25 @@ request's translations return to its caller in order.
 
 Requests wait in an inbox; the worker takes them, prepares their sources (piece counts,
 truncation) and runs the oldest request's settings group once it holds ``max_batch_tokens``
-source pieces or its oldest request has waited ``max_wait_ms``. A request whose caller is gone
-(its task cancelled: the client disconnected) is dropped before its batch runs. Results are
-handed back with ``loop.call_soon_threadsafe``; a failing batch is retried one request at a
-time, so that only the request that fails gets the error.
+source pieces, or when its wait is over (``start``):
+
+* ``"oldest"``: ``max_wait_ms`` after the oldest pending request arrived (or after the last
+  batch finished, whichever is later);
+* ``"quiet"``: once no request has arrived and no answer has been sent for ``max_wait_ms``
+  (and ``max_wait_ms`` after the last batch), at the latest ``max_hold_ms`` after the oldest
+  request arrived or the last batch finished. Callers answered by a batch send their next
+  requests while the event loop is still sending answers; waiting for a pause is meant to
+  gather them into one batch, so that the search does not share the CPU and the GIL with the
+  event loop's work on them.
+
+The engine gets each merged batch in one call (``translate_text``), which sorts and splits it
+into search batches as offline translation does. A request whose caller is gone (its task
+cancelled: the client disconnected) is dropped before its batch runs. Results are handed back
+with ``loop.call_soon_threadsafe``; a failing batch is retried one request at a time, so that
+only the request that fails gets the error. Every ``trim_every`` batches (0: never) the heap's
+free pages go back to the kernel (``release_free_memory``) before the batch's callers are
+answered, so that the server's memory between batches does not depend on which batch shapes
+came before.
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ from .source import Source, pieces_of, prepare
 log = logging.getLogger(__name__)
 
 EMPTY = Translation(text="", score=0.0, log_prob=0.0, tokens=0)
-TRIM_EVERY = 16  # batches between two malloc_trim calls
+STARTS = ("oldest", "quiet")
 
 
 @dataclasses.dataclass
@@ -68,9 +83,15 @@ class Batcher:
     """Merges concurrent requests into search batches for one ``Engine`` (one worker thread
     calls it; nothing else may)."""
 
-    def __init__(self, engine, max_batch_tokens: int = 4096, max_wait_ms: float = 5.0):
+    def __init__(self, engine, max_batch_tokens: int = 4096, max_wait_ms: float = 5.0, *,
+                 start: str = "oldest", max_hold_ms: float = 200.0, trim_every: int = 1):
+        if start not in STARTS:
+            raise ValueError(f"start {start!r} is not one of {', '.join(STARTS)}")
         self.engine = engine
         self.max_batch_tokens, self.max_wait = max_batch_tokens, max_wait_ms / 1000
+        self.start_rule, self.max_hold = start, max(max_hold_ms, max_wait_ms) / 1000
+        self.trim_every = trim_every
+        self.busy = 0.0  # seconds in engine calls
         self.pieces = pieces_of(engine)
         self.limit = getattr(engine, "max_source_tokens", None)
         self._cond = threading.Condition()
@@ -79,6 +100,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self.counts = {"requests": 0, "dropped": 0, "batches": 0, "sentences": 0, "failed": 0}
         self._last_done = 0.0  # when the last batch finished (monotonic seconds)
+        self._delivered = 0.0  # when the last answer went out (``delivered``)
 
     def start(self) -> None:
         """Start the worker thread (once)."""
@@ -98,7 +120,8 @@ class Batcher:
 
     def stats(self) -> dict:
         with self._cond:
-            return {**self.counts, "queued": len(self._inbox)}
+            return {**self.counts, "queued": len(self._inbox),
+                    "busy_seconds": round(self.busy, 3)}
 
     async def translate(self, lines: list[str], settings: DecodeSettings) -> Result:
         """Each line's n-best translations, once its batch has run. Empty lines translate to
@@ -123,6 +146,11 @@ class Batcher:
                 if job in self._inbox:
                     self._inbox.remove(job)
             raise
+
+    def delivered(self) -> None:
+        """An answer has been sent (the app calls this once its response is out): with
+        ``start="quiet"`` the wait for the next batch counts from the last one."""
+        self._delivered = time.monotonic()
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -191,8 +219,15 @@ class Batcher:
     def _start_at(self, pending: list[Job]) -> float:
         """When a group that is not full may run: ``max_wait`` after its oldest job arrived
         and after the last batch finished (so the callers that batch answered can send their
-        next request into this one, instead of batches alternating between two halves)."""
-        return max(pending[0].arrived, self._last_done) + self.max_wait
+        next request into this one, instead of batches alternating between two halves); with
+        ``start="quiet"`` ``max_wait`` after the newest arrival or the last answer sent
+        (``delivered``) instead, and ``max_hold`` after the oldest arrival or the last batch
+        at the latest."""
+        oldest = max(pending[0].arrived, self._last_done)
+        if self.start_rule == "oldest":
+            return oldest + self.max_wait
+        newest = max(max(j.arrived for j in pending), self._last_done, self._delivered)
+        return min(newest + self.max_wait, oldest + self.max_hold)
 
     def _ready(self, pending: list[Job]) -> list[Job]:
         """The oldest job's settings group, in arrival order, up to ``max_batch_tokens`` (at
@@ -213,27 +248,29 @@ class Batcher:
         batch = [j for j in batch if not j.dropped and not j.future.done()]
         if not batch:
             return
+        start = time.monotonic()
         try:
-            self._run_batch(batch)
+            answers = self._run_batch(batch)
         finally:
-            self._last_done = time.monotonic()
-            if self.counts["batches"] % TRIM_EVERY == 0:
-                release_free_memory()  # freed search tensors of ever-new shapes: back to the OS
+            self.busy += time.monotonic() - start
+        if self.trim_every > 0 and self.counts["batches"] % self.trim_every == 0:
+            release_free_memory()  # freed search tensors of ever-new shapes: back to the OS
+        for job, result, error in answers:
+            self._answer(job, result, error)
+        self._last_done = time.monotonic()
 
-    def _run_batch(self, batch: list[Job]) -> None:
+    def _run_batch(self, batch: list[Job]) -> list[tuple[Job, Result | None, Exception | None]]:
+        """(job, result, error) for each job of ``batch``: one engine call, or, when it fails,
+        one call per job, so that only the job that fails gets the error."""
         try:
             results = self._translate(batch)
         except Exception as exc:
             if len(batch) > 1:  # find the request that fails; the others still get answers
-                for job in batch:
-                    self._run_batch([job])
-                return
+                return [answer for job in batch for answer in self._run_batch([job])]
             log.exception("translation failed")
             self.counts["failed"] += 1
-            self._answer(batch[0], error=exc)
-            return
-        for job, result in zip(batch, results):
-            self._answer(job, result)
+            return [(batch[0], None, exc)]
+        return [(job, result, None) for job, result in zip(batch, results)]
 
     def _translate(self, batch: list[Job]) -> list[Result]:
         """One engine call for the sentences of ``batch``; each job's ``Result``."""

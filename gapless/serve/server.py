@@ -1,7 +1,13 @@
-"""Running the server: load a run's engine and serve it with uvicorn (one process, one model)."""
+"""Running the server: load a run's engine and serve it with uvicorn (one process, one model).
+
+Batching settings that the command line does not name come from the environment:
+``GAPLESS_SERVE_BATCH_START`` (oldest | quiet), ``GAPLESS_SERVE_MAX_HOLD_MS`` and
+``GAPLESS_SERVE_TRIM_EVERY`` (the ``ServeSettings`` fields of those names).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -17,6 +23,35 @@ log = logging.getLogger(__name__)
 
 
 SERVER_ONEDNN_CACHE = "1024"  # oneDNN's own default
+ENV_PREFIX = "GAPLESS_SERVE_"
+ENV_FIELDS = ("batch_start", "max_hold_ms", "trim_every")
+
+
+def settings_from_env(settings: ServeSettings, env: dict | None = None) -> ServeSettings:
+    """``settings`` with each of ``ENV_FIELDS`` that a ``GAPLESS_SERVE_<FIELD>`` variable
+    sets (a ConfigError names a value of the wrong type)."""
+    env = os.environ if env is None else env
+    changes = {}
+    for name in ENV_FIELDS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None or raw == "":
+            continue
+        kind = type(getattr(settings, name))
+        try:
+            changes[name] = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected "
+                              f"{kind.__name__}") from None
+    return dataclasses.replace(settings, **changes)
+
+
+def prepare_runtime(env: dict | None = None) -> None:
+    """The process settings of a server, set before its model loads: oneDNN's kernel cache at
+    its default bound (a server meets ever-new batch shapes; an explicit
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY wins). Offline measurements that compare with a server
+    call it too."""
+    env = os.environ if env is None else env
+    env.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", SERVER_ONEDNN_CACHE)
 
 
 def load_model(path: str | Path, checkpoint: str = "best", device: str = "auto",
@@ -51,10 +86,10 @@ def serve(engine, settings: ServeSettings, log_level: str = "info") -> None:
 
 def serve_run(run: str | Path, settings: ServeSettings, checkpoint: str = "best",
               device: str = "auto", dtype: str = "fp32", engine: str = "auto") -> None:
-    """``gapless serve``: load ``run``'s model and serve it until interrupted. A server meets
-    ever-new batch shapes, so oneDNN's kernel cache stays at its default bound (an explicit
-    ONEDNN_PRIMITIVE_CACHE_CAPACITY wins) and memory stays flat."""
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", SERVER_ONEDNN_CACHE)
+    """``gapless serve``: load ``run``'s model (after ``prepare_runtime``) and serve it until
+    interrupted, with ``settings`` completed by ``settings_from_env``."""
+    prepare_runtime()
+    settings = settings_from_env(settings)
     model = load_model(run, checkpoint, device, dtype, engine)
     if settings.run is None and Path(run, "eval").is_dir():
         settings.run = run

@@ -160,11 +160,9 @@ def new_run_dir(run_dir: Path, prep_dir: Path, cfg) -> None:
     from gapless import config as config_mod
 
     shutil.rmtree(run_dir, ignore_errors=True)
-    (run_dir / "data").mkdir(parents=True)
+    shutil.copytree(prep_dir / "data", run_dir / "data")  # files and shard folders
     for name in ("spm.model", "spm.vocab"):
         shutil.copy2(prep_dir / name, run_dir / name)
-    for f in (prep_dir / "data").iterdir():
-        shutil.copy2(f, run_dir / "data" / f.name)
     config_mod.save(cfg, run_dir / "config.yaml")
 
 

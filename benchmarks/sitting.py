@@ -118,9 +118,11 @@ class Sitting:
     def symbolic(self, path) -> str:
         """``BENCH_WORK/...``, a path relative to the repository, or ``WORK_DIR/...``."""
         path = Path(path).resolve()
+        if path.is_relative_to(REPO):
+            return relpath(path)
         for root, name in ((self.bench_work, "BENCH_WORK"), (self.work, "WORK_DIR")):
-            if path.is_relative_to(root) and not root.is_relative_to(REPO.parent):
-                return str(Path(name) / path.relative_to(root))
+            if path.is_relative_to(root.resolve()):
+                return str(Path(name) / path.relative_to(root.resolve()))
         return relpath(path) if path.is_relative_to(REPO.parent) else f"<outside>/{path.name}"
 
     def peer_env(self, **extra: str) -> dict:

@@ -11,9 +11,17 @@ valid split. Then, each in a fresh process (``python -m gapless ...`` run in the
   run: start-up (process start to the first update's log record), peak RSS, and the median
   target tokens/s of the updates after the first.
 
-With ``--baseline REV`` the first size is measured again with the code of commit REV, extracted
-read-only with ``git archive`` into the work dir and run from there (its ``gapless`` package is
-the one imported), side by side.
+The same two steps run first on the preset's own corpus (Multi30k from ``--shared``): the
+reference row for the targets. With ``--baseline REV`` the first size is measured again with the
+code of commit REV, extracted read-only with ``git archive`` into the work dir and run from there
+(its ``gapless`` package is the one imported), side by side.
+
+The document ends with the issue's targets, each with the figures it compares and whether it is
+met: training peak RSS at the largest size within ``RSS_MARGIN_MB`` of the reference's;
+training start-up at the largest size at most ``STARTUP_S``; every size's median target
+tokens/s inside the reference's inter-quartile range of per-update rates (its noise); the
+prepare process tree's peak RSS at most ``PREPARE_TREE_MB`` at every size; prepare seconds per
+million pairs at most ``PREPARE_S_PER_M``.
 
     python -m benchmarks.data_scale --sizes 1000000,5000000,10000000 --work-dir /tmp/scale \
         --baseline HEAD~1
@@ -36,6 +44,7 @@ import numpy as np
 from benchmarks.common import REPO, emit, finish, machine, relpath, say
 
 CORPORA = ("multi30k", "msctd-de-en", "multidomain-de-en", "iwslt14-de-en")
+RSS_MARGIN_MB, STARTUP_S, PREPARE_TREE_MB, PREPARE_S_PER_M = 300, 20, 1536, 47
 TRAIN = {"train.max_minutes": 0, "train.log_every": 1, "train.valid_every": 10**9,
          "train.save_every": 10**9, "train.valid_max_sentences": 1, "train.valid_beam": 1,
          "train.keep_last": 1, "train.progress": "false"}
@@ -51,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--baseline", help="a commit whose code is measured on the first size too")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the preset's own corpus first (the targets' reference row)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a dotted config override for every run (repeatable)")
     p.add_argument("--seed", type=int, default=1)
@@ -173,11 +184,13 @@ def measure(cmd: list[str], cwd: Path, output: Path, run_log: Path | None = None
 # -- one size, one code tree ----------------------------------------------------------------
 
 
-def run_size(args, tree: Path, corpus: Path, run: Path) -> dict:
-    """prepare, then train, with the code in ``tree`` on ``corpus``."""
+def run_size(args, tree: Path, corpus: Path | None, run: Path) -> dict:
+    """prepare, then train, with the code in ``tree`` on ``corpus`` (None: the preset's own,
+    found under ``--shared``)."""
     shutil.rmtree(run, ignore_errors=True)
     run.parent.mkdir(parents=True, exist_ok=True)
-    data = ["--data.corpus", str(corpus), "--data.valid_split", "valid"]
+    data = (["--data.corpus", str(corpus), "--data.valid_split", "valid"] if corpus is not None
+            else ["--data.data_dir", str(Path(args.shared).resolve())])
     for item in args.set:
         key, value = item.split("=", 1)
         data += [f"--{key}", value]
@@ -185,7 +198,7 @@ def run_size(args, tree: Path, corpus: Path, run: Path) -> dict:
     # a tree before presets were package data names the config file
     preset = args.preset if (tree / "gapless" / "presets").is_dir() else str(
         tree / "configs" / f"{args.preset}.yaml")
-    say("data_scale", f"prepare {relpath(corpus)} with {relpath(tree)}")
+    say("data_scale", f"prepare {relpath(corpus) if corpus else args.preset} with {relpath(tree)}")
     prepared = measure([*gapless, "-v", "prepare", preset, "--run-dir", str(run), *data],
                        tree, run.with_suffix(".prepare.txt"))
     settings = {**TRAIN, "train.max_updates": args.updates, "train.threads": args.threads,
@@ -197,10 +210,66 @@ def run_size(args, tree: Path, corpus: Path, run: Path) -> dict:
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     rates = [r["tgt_tokens_per_s"] for r in records if r["kind"] == "train" and r["update"] > 1]
     trained["tgt_tokens_per_s_median"] = round(statistics.median(rates)) if rates else None
+    if len(rates) > 1:
+        q25, _, q75 = statistics.quantiles(rates, n=4)
+        trained["tgt_tokens_per_s_iqr"] = [round(q25), round(q75)]
     trained["updates"] = max((r["update"] for r in records if r["kind"] == "train"), default=0)
     report = json.loads((run / "data" / "prepare.json").read_text())
-    prepared["train_summary"] = report["train_summary"].replace(str(corpus), relpath(corpus))
+    summary = report["train_summary"]
+    prepared["train_summary"] = summary.replace(str(corpus), relpath(corpus)) if corpus else summary
+    prepared["pairs_read"] = report["train"]["read"]
     return {"prepare": prepared, "train": trained}
+
+
+def targets(doc: dict) -> list[dict]:
+    """The issue's targets against the measured figures: each with ``met``."""
+    sizes, ref = doc["sizes"], doc.get("reference")
+    last = sizes[-1]["current"] if sizes else None
+    found = []
+    if ref and last:
+        gap = last["train"]["peak_rss_mb"] - ref["current"]["train"]["peak_rss_mb"]
+        found.append({"target": f"training peak RSS at {sizes[-1]['pairs']} pairs within "
+                      f"{RSS_MARGIN_MB} MB of the reference's", "above_reference_mb": gap,
+                      "met": gap <= RSS_MARGIN_MB})
+        low, high = ref["current"]["train"].get("tgt_tokens_per_s_iqr", [None, None])
+        medians = [e["current"]["train"]["tgt_tokens_per_s_median"] for e in sizes]
+        found.append({"target": "median target tok/s of every size inside the reference's "
+                      "inter-quartile range of per-update rates", "range": [low, high],
+                      "medians": medians, "met": low is not None and all(
+                          m is not None and low <= m <= high for m in medians)})
+    if last:
+        startup = last["train"]["startup_s"]
+        found.append({"target": f"training start-up at {sizes[-1]['pairs']} pairs at most "
+                      f"{STARTUP_S} s", "startup_s": startup,
+                      "met": startup is not None and startup <= STARTUP_S})
+    tree = [e["current"]["prepare"]["tree_peak_rss_mb"] for e in sizes]
+    found.append({"target": f"prepare process tree peak RSS at most {PREPARE_TREE_MB} MB at "
+                  "every size", "tree_peak_rss_mb": tree,
+                  "met": all(t <= PREPARE_TREE_MB for t in tree)})
+    big = [e for e in sizes if e["pairs"] >= 10**6]  # below, fixed costs dominate
+    per_m = [round(e["current"]["prepare"]["wall_s"] / (e["pairs"] / 1e6), 1) for e in big]
+    found.append({"target": f"prepare at most {PREPARE_S_PER_M} s per million pairs (sizes "
+                  "of a million pairs and more)", "s_per_million": per_m,
+                  "met": all(x <= PREPARE_S_PER_M for x in per_m) if big else None})
+    return found
+
+
+def table(doc: dict) -> str:
+    """The figures as text rows (reference first), for the terminal."""
+    rows = []
+    entries = ([("reference", doc["reference"])] if doc.get("reference") else []) + [
+        (f"{e['pairs']}", e) for e in doc["sizes"]]
+    for name, entry in entries:
+        for code in ("current", "baseline"):
+            if code in entry:
+                p, t = entry[code]["prepare"], entry[code]["train"]
+                rows.append(f"{name:>10} {code:>8}  prepare {p['wall_s']:7.1f} s  main "
+                            f"{p['peak_rss_mb']:5d} MB  tree {p['tree_peak_rss_mb']:5d} MB | "
+                            f"train start {t['startup_s']} s  peak {t['peak_rss_mb']:5d} MB  "
+                            f"tok/s {t['tgt_tokens_per_s_median']}")
+    verdict = {True: "met", False: "NOT met", None: "no size to judge"}
+    rows += [f"{verdict[t['met']]}: {t['target']}" for t in doc["targets"]]
+    return "\n".join(rows)
 
 
 def baseline_tree(rev: str, work: Path) -> tuple[Path, str]:
@@ -232,6 +301,11 @@ def main(argv=None) -> int:
         "preset": args.preset, "updates": args.updates, "overrides": args.set,
         "sampling": "pairs drawn uniformly with replacement", "rss_sampling_s": 0.05},
         "sizes": []}
+    if args.reference:
+        say("data_scale", "reference: the preset's own corpus")
+        measured = run_size(args, REPO, None, work / "runs" / "reference")
+        doc["reference"] = {"corpus": f"the {args.preset} preset's own",
+                            "pairs": measured["prepare"]["pairs_read"], "current": measured}
     for i, n in enumerate(sizes):
         say("data_scale", f"{n} pairs")
         corpus = work / f"corpus-{n}"
@@ -242,6 +316,8 @@ def main(argv=None) -> int:
             entry["baseline"] = {"commit": commit,
                                  **run_size(args, tree, corpus, work / "runs" / f"base-{n}")}
         doc["sizes"].append(entry)
+    doc["targets"] = targets(doc)
+    say("data_scale", "\n" + table(doc))
     # the work folder is the machine's: the JSON names it WORK
     doc = json.loads(json.dumps(finish(doc)).replace(relpath(work) + "/", "WORK/"))
     emit(doc)

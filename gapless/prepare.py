@@ -1,8 +1,10 @@
 """``gapless prepare``: joint SentencePiece model + checked, encoded corpus in the run directory.
 
-The training split is streamed: counted, sampled for SentencePiece, then encoded chunk by chunk
-(``data.workers`` processes) into memory-mapped shards (``data/train/``); the validation split
-is small and goes the same way in memory (``data/valid/``).
+The training split is streamed: counted, sampled for SentencePiece (trained in a worker
+process), then encoded chunk by chunk (``data.workers`` processes) into memory-mapped shards
+(``data/train/``) and the split's length files; the validation split is small and goes the
+same way in memory (``data/valid/``). Nothing in this process grows with the corpus but the
+duplicate filter's hashes (``data.dedup``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .data import CorpusError, PairRules, ParallelData, Vocab, load_split, read_
 from .data import split_path as prepared_split
 from .data.encode import encode_split
 from .data.text import check_aligned, scan
-from .data.vocab import sample_indices, write_sample
+from .data.vocab import sample_indices, train_apart, write_sample
 from .textio import relative_path
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,8 @@ def _vocabulary(cfg: Config, run: RunDir, files: tuple[Path, Path], pairs: int,
     with tempfile.TemporaryDirectory() as tmp:
         joint = Path(tmp) / "joint.txt"
         write_sample(files, chosen, joint)
-        return Vocab.train([joint], run.spm_prefix, d.vocab_size, d.spm_type,
-                           d.character_coverage, seed=cfg.train.seed, sentences=d.spm_sample)
+        return train_apart([joint], run.spm_prefix, d.vocab_size, d.spm_type,
+                           d.character_coverage, cfg.train.seed, d.spm_sample)
 
 
 def _reuse(run: RunDir, report: dict, valid_paths: tuple[Path, Path]) -> Prepared:

@@ -32,8 +32,8 @@ from gapless.data import (
     token_batches,
 )
 from gapless.data import encode as encode_mod
-from gapless.data.batching import length_order
 from gapless.data.filters import SeenHashes
+from gapless.data.order import length_order
 from gapless.data.text import line_chunks, scan
 from gapless.data.vocab import sample_indices
 from gapless.prepare import prepare

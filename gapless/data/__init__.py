@@ -2,8 +2,10 @@
 
 ``text`` reads plain or gzip files (errors name file and line), ``vocab`` is the SentencePiece
 model and its training sample, ``filters`` decides which training pairs are kept, ``encode``
-turns text into ids (in worker processes when asked), ``shards`` stores them as memory-mapped
-flat arrays, ``batching`` makes token-bucket batches and padded tensors.
+turns text into ids (in ``workers`` processes when asked: fresh interpreters without torch),
+``shards`` stores them as memory-mapped flat arrays with the split's length files, ``order``
+sorts an epoch's rows by length in pieces, ``batching`` makes token-bucket batches (compact
+arrays, not an object per batch) and padded tensors.
 """
 
 from .batching import Batch, collate, pad_rows, pad_sequences, sentence_batches, token_batches

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .order import NoiseStream, ordered
+from .shards import release_pages
 from .vocab import BOS, EOS, PAD
 
 
@@ -69,23 +72,6 @@ def collate(data, index: np.ndarray) -> Batch:
     )
 
 
-def length_order(src_lens: np.ndarray, tgt_lens: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """``np.lexsort((noise, src_lens, tgt_lens))``: by target length, then source length, then
-    noise, then position; done as one sort of the noise and two radix sorts of the lengths when
-    they fit 16 bits (the same order, sooner)."""
-    fits = len(src_lens) and min(src_lens.min(), tgt_lens.min()) >= 0 and max(
-        src_lens.max(), tgt_lens.max()) < 1 << 16
-    if not fits:
-        return np.lexsort((noise, src_lens, tgt_lens))
-    order = np.argsort(noise)
-    ranked = noise[order]
-    if (ranked[1:] == ranked[:-1]).any():  # ties: only a stable sort keeps position order
-        order = np.argsort(noise, kind="stable")
-    for key in (src_lens, tgt_lens):
-        order = order[np.argsort(key.astype(np.uint16)[order], kind="stable")]
-    return order
-
-
 def batch_starts(lengths: np.ndarray, max_tokens: int) -> np.ndarray:
     """Where each batch starts in a sequence of lengths filled greedily: a batch takes the next
     length while its longest x its count stays <= ``max_tokens`` (a first one always). One
@@ -107,21 +93,49 @@ def batch_starts(lengths: np.ndarray, max_tokens: int) -> np.ndarray:
     return np.asarray(starts, np.int64)
 
 
+class Batches(Sequence):
+    """An epoch's token batches, each an array of corpus rows: batch i is ``order[bounds[j]:
+    bounds[j + 1]]`` for j = ``visit[i]`` (order [N] int32, bounds [B + 1], visit [B]); made as
+    a view when asked for, so nothing is kept per batch or per sentence."""
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray, visit: np.ndarray):
+        self.order, self.bounds, self.visit = order, bounds, visit
+
+    def __len__(self) -> int:
+        return len(self.visit)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        j = int(self.visit[i])
+        return self.order[self.bounds[j]: self.bounds[j + 1]]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(other) == len(self) and all(np.array_equal(a, b) for a, b in zip(self, other))
+
+    __hash__ = None
+
+
 def token_batches(
     src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, seed: int, epoch: int
-) -> list[np.ndarray]:
+) -> Batches:
     """Token-bucket batching: sort by length (random tie-break), fill each batch while
     max(src, tgt incl. padding) x sentences <= max_tokens, then shuffle the batch order.
-    Fully determined by (seed, epoch): the basis of exact resume."""
-    src_lens, tgt_lens = np.asarray(src_lens), np.asarray(tgt_lens)
-    rng = np.random.default_rng([seed, epoch])
-    order = length_order(src_lens, tgt_lens, rng.random(len(src_lens)))
-    lengths = np.maximum(src_lens, tgt_lens)[order].astype(np.int64)
+    Fully determined by (seed, epoch): the basis of exact resume. The lengths [N] are read in
+    pieces (memory-mapped ones are unmapped afterwards); the batches share one row order."""
+    noise = NoiseStream(seed, epoch)
+    order, lengths = ordered(np.asarray(src_lens), np.asarray(tgt_lens), noise)
     starts = batch_starts(lengths, max_tokens)
-    ends = np.append(starts[1:], len(order))
-    batches = [order[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
-    perm = rng.permutation(len(batches))
-    return [batches[i] for i in perm]
+    del lengths
+    release_pages(src_lens)
+    release_pages(tgt_lens)
+    bounds = np.append(starts, len(order))
+    return Batches(order, bounds, noise.rng.permutation(len(starts)))
 
 
 def sentence_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:

@@ -1,10 +1,11 @@
 """Parallel text to token ids: chunks of pairs decoded, encoded and checked (in worker processes
-when asked), then de-duplicated, counted and handed on in corpus order."""
+when asked, ``workers.WorkerPool``), then de-duplicated, counted and handed on in corpus order.
+Chunks are ``CHUNK_PAIRS`` pairs, a few per worker in flight: memory does not follow the corpus
+size (except the duplicate filter's hashes, ``filters.SeenHashes``)."""
 
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from .filters import (
 )
 from .shards import ParallelData, Shard, ShardWriter
 from .text import CorpusError, decode_line, line_chunks
+from .workers import WorkerPool
 
 CHUNK_PAIRS = 10_000  # pairs per task: what one worker encodes at a time
 
@@ -81,14 +83,11 @@ def encode_chunk(vocab, rules: PairRules, start: int, lines: tuple[list[str], li
 # ----------------------------------------------------------------------------------------------
 # worker processes
 
-_WORKER: tuple = ()
-
-
-def _init_worker(model_path: str, rules: PairRules) -> None:
+def setup(model_path: str, rules: PairRules) -> tuple:
+    """A worker's state: the SentencePiece model and the rules."""
     from .vocab import Vocab
 
-    global _WORKER
-    _WORKER = (Vocab(model_path), rules)
+    return Vocab(model_path), rules
 
 
 def _decode(rules: PairRules, start: int, raw: tuple[list, list]) -> tuple[list, list]:
@@ -96,8 +95,9 @@ def _decode(rules: PairRules, start: int, raw: tuple[list, list]) -> tuple[list,
                  for name, side in zip(rules.names, raw))
 
 
-def _work(task: tuple[int, list, list]) -> Encoded:
-    vocab, rules = _WORKER
+def work(state: tuple, task: tuple[int, list, list]) -> Encoded:
+    """A worker's task: one chunk of raw lines (first line number, source, target)."""
+    vocab, rules = state
     return encode_chunk(vocab, rules, task[0], _decode(rules, task[0], task[1:]), threads=1)
 
 
@@ -109,17 +109,16 @@ def _encoded(vocab, paths: tuple[Path, Path], rules: PairRules, workers: int):
         for start, src, tgt in chunks:
             yield start, encode_chunk(vocab, rules, start, _decode(rules, start, (src, tgt)))
         return
-    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with context.Pool(workers, _init_worker, (str(vocab.path), rules)) as pool:
-        pending: deque = deque()
+    starts: deque = deque()  # first line numbers of the chunks sent, not yet back
+
+    def tasks():
         for task in chunks:
-            pending.append((task[0], pool.apply_async(_work, (task,))))
-            if len(pending) > 2 * workers:
-                start, result = pending.popleft()
-                yield start, result.get()
-        while pending:
-            start, result = pending.popleft()
-            yield start, result.get()
+            starts.append(task[0])
+            yield task
+
+    with WorkerPool(workers, __name__, (str(vocab.path), rules)) as pool:
+        for encoded in pool.map(tasks()):
+            yield starts.popleft(), encoded
 
 
 # ----------------------------------------------------------------------------------------------

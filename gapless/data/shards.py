@@ -2,16 +2,26 @@
 
 A split is a folder (``data/train/``) of ``shard-NNNNN.{src,tgt}.npy`` (the token ids of all its
 sentences, without BOS/EOS, one after another) and ``shard-NNNNN.{src,tgt}_offsets.npy`` (where
-each sentence starts, plus the end), with ``index.json`` counting pairs and tokens per shard.
-A run prepared before shards has ``data/<split>.safetensors`` with the same four arrays; it is
-read into memory as one shard.
+each sentence starts, plus the end), with ``index.json`` counting pairs and tokens per shard,
+and ``{src,tgt}_lens.npy``: every pair's lengths over the whole split (int32, counting EOS / BOS),
+so that batching reads them memory-mapped instead of deriving them from the offsets. A split
+written before the length files has them computed at load; a run prepared before shards has
+``data/<split>.safetensors`` with the same four arrays, read into memory as one shard.
+
+Nothing here holds a Python object or an int64 per pair, and reading batches does not leave
+the corpus' pages mapped in the process as training goes through it: rows are read with
+positional reads, and the pages of a memory-mapped array read whole (the lengths, when
+batching) are handed back afterwards (``release_pages``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
+import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +32,23 @@ log = logging.getLogger(__name__)
 PARTS = ("src", "src_offsets", "tgt", "tgt_offsets")
 FORMAT = "gapless-shards-1"
 HEADER = 128  # bytes of every .npy header written here
+LENGTHS = ("src_lens", "tgt_lens")  # split-wide length files (index.json "lengths")
+PIECE = 1 << 20  # rows handled at a time by the passes over a whole split
+BOUNDS = struct.Struct("<qq")  # a row's start and end in an offsets file
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Unmap from this process the pages of the read-only file mapping behind ``array`` (they
+    stay in the kernel's page cache; the next read maps them again). Other arrays: nothing."""
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not hasattr(base, "madvise"):
+        return
+    with memoryview(base) as view:
+        if not view.readonly:  # a writable or copy-on-write map may hold changes: keep them
+            return
+    base.madvise(mmap.MADV_DONTNEED)
 
 
 @dataclass
@@ -67,32 +94,37 @@ class Side:
 
 class ParallelData:
     """Token-id sequences of a parallel corpus (without BOS/EOS) in shards; ``src_lens`` and
-    ``tgt_lens`` count EOS (source) and BOS / EOS (target)."""
+    ``tgt_lens`` [N] int32 count EOS (source) and BOS / EOS (target): memory-mapped length
+    files when given (``lengths``), else computed from the offsets."""
 
-    def __init__(self, shards: list[Shard]):
+    def __init__(self, shards: list[Shard], lengths: tuple[np.ndarray, np.ndarray] | None = None):
         self.shards = shards
         self.starts = np.cumsum([0] + [len(s) for s in shards]).astype(np.int64)
-        self.src_lens = _lengths([s.src_offsets for s in shards])
-        self.tgt_lens = _lengths([s.tgt_offsets for s in shards])
+        if lengths is None:
+            lengths = (_lengths([s.src_offsets for s in shards]),
+                       _lengths([s.tgt_offsets for s in shards]))
+        self.src_lens, self.tgt_lens = lengths
         self.src, self.tgt = Side(self, 0), Side(self, 1)
+        self.on_disk = hasattr(os, "pread") and all(
+            isinstance(tokens, np.memmap) and isinstance(offsets, np.memmap)
+            and (tokens.dtype, offsets.dtype) == (np.dtype("<i4"), np.dtype("<i8"))
+            for shard in shards for tokens, offsets in (shard.side(0), shard.side(1)))
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def rows(self, side: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the ids of sentences ``index`` of a side, one after another; their lengths)."""
+        """(the ids of sentences ``index`` [B] of a side, one after another; their lengths [B]).
+        Shard files are read with positional reads (nothing stays mapped); the length file's
+        pages read for the batch are handed back."""
         index = np.asarray(index, np.int64)
-        lens = (self.src_lens if side == 0 else self.tgt_lens)[index] - 1
-        out = np.empty(int(lens.sum()), np.int32)
-        out_start = np.cumsum(lens) - lens
         shard_of = np.searchsorted(self.starts, index, "right") - 1
-        for s in np.unique(shard_of):
-            rows = np.flatnonzero(shard_of == s)
-            tokens, offsets = self.shards[s].side(side)
-            n = lens[rows]
-            within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-            first = offsets[index[rows] - self.starts[s]]
-            out[np.repeat(out_start[rows], n) + within] = tokens[np.repeat(first, n) + within]
+        sides = [shard.side(side) for shard in self.shards]
+        if self.on_disk:
+            out, lens = _read_rows(sides, shard_of, index - self.starts[shard_of])
+        else:
+            out, lens = _gather_rows(sides, shard_of, index - self.starts[shard_of])
+        release_pages(self.src_lens if side == 0 else self.tgt_lens)
         return out, lens
 
     @staticmethod
@@ -132,13 +164,70 @@ class ParallelData:
                     entry["pairs"], entry["src_tokens"], entry["tgt_tokens"]):
                 raise ValueError(f"{path}: {entry['name']} does not match index.json")
             shards.append(shard)
-        return ParallelData(shards)
+        lengths = None
+        if index.get("lengths") == list(LENGTHS):
+            lengths = tuple(np.load(path / f"{p}.npy", mmap_mode="r") for p in LENGTHS)
+            if any(len(x) != index["pairs"] for x in lengths):
+                raise ValueError(f"{path}: the length files do not match index.json")
+        return ParallelData(shards, lengths)
+
+
+def _read_rows(sides: list[tuple[np.memmap, np.memmap]], shard_of: np.ndarray,
+               local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``local`` [B] of shards ``shard_of`` [B] (their (tokens, offsets) files in
+    ``sides``) by positional reads: (ids, one row after another; lengths [B])."""
+    files, chunks, lens = {}, [], []
+    try:
+        for s, i in zip(shard_of.tolist(), local.tolist()):
+            if s not in files:
+                tokens, offsets = sides[s]
+                files[s] = (os.open(offsets.filename, os.O_RDONLY), offsets.offset,
+                            os.open(tokens.filename, os.O_RDONLY), tokens.offset)
+            offsets_fd, offsets_at, tokens_fd, tokens_at = files[s]
+            first, end = BOUNDS.unpack(os.pread(offsets_fd, BOUNDS.size, offsets_at + 8 * i))
+            chunks.append(os.pread(tokens_fd, 4 * (end - first), tokens_at + 4 * first))
+            lens.append(end - first)
+    finally:
+        for offsets_fd, _, tokens_fd, _ in files.values():
+            os.close(offsets_fd)
+            os.close(tokens_fd)
+    out = np.frombuffer(b"".join(chunks), "<i4")
+    if len(out) != sum(lens):
+        raise ValueError("a shard file is shorter than its offsets say")
+    return out, np.array(lens, np.int64)
+
+
+def _gather_rows(sides: list[tuple[np.ndarray, np.ndarray]], shard_of: np.ndarray,
+                 local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_read_rows`` by indexing the arrays (in memory, or mapped: their pages handed back)."""
+    groups = [(s, np.flatnonzero(shard_of == s)) for s in np.unique(shard_of).tolist()]
+    first, lens = np.empty(len(local), np.int64), np.empty(len(local), np.int64)
+    for s, rows in groups:
+        offsets = sides[s][1]
+        first[rows] = offsets[local[rows]]
+        lens[rows] = offsets[local[rows] + 1] - first[rows]
+        release_pages(offsets)
+    out = np.empty(int(lens.sum()), np.int32)
+    out_start = np.cumsum(lens) - lens
+    for s, rows in groups:
+        tokens, n = sides[s][0], lens[rows]
+        within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        out[np.repeat(out_start[rows], n) + within] = tokens[np.repeat(first[rows], n) + within]
+        release_pages(tokens)
+    return out, lens
 
 
 def _lengths(offsets: list[np.ndarray]) -> np.ndarray:
-    if not offsets:
-        return np.zeros(0, np.int64)
-    return np.concatenate([np.diff(o) for o in offsets]).astype(np.int64) + 1
+    """Each row's length + 1 [N] int32 from the offsets [n_s + 1] of every shard, in pieces."""
+    out = np.empty(sum(len(o) - 1 for o in offsets), np.int32)
+    at = 0
+    for o in offsets:
+        for a in range(0, len(o) - 1, PIECE):
+            b = min(a + PIECE, len(o) - 1)
+            out[at + a: at + b] = np.diff(o[a: b + 1]) + 1
+        at += len(o) - 1
+        release_pages(o)
+    return out
 
 
 def split_path(data_dir: Path, split: str) -> Path | None:
@@ -188,8 +277,9 @@ class NpyAppender:
 
 
 class ShardWriter:
-    """Pairs appended in order into shards of ``shard_pairs`` pairs under ``folder`` (written
-    as ``.NAME.partial`` and moved into place by ``close``)."""
+    """Pairs appended in order into shards of ``shard_pairs`` pairs under ``folder``, and their
+    lengths into the split's length files (written as ``.NAME.partial`` and moved into place
+    by ``close``)."""
 
     def __init__(self, folder: Path, shard_pairs: int):
         self.folder, self.shard_pairs = Path(folder), shard_pairs
@@ -198,6 +288,7 @@ class ShardWriter:
         self.partial.mkdir(parents=True)
         self.index: list[dict] = []
         self.files: list[NpyAppender] = []
+        self.lengths = [NpyAppender(self.partial / f"{p}.npy", np.int32) for p in LENGTHS]
         self.bases = [0, 0]
 
     def _open(self) -> None:
@@ -218,6 +309,8 @@ class ShardWriter:
     def add(self, src: np.ndarray, src_lens: np.ndarray, tgt: np.ndarray,
             tgt_lens: np.ndarray) -> None:
         """Append pairs: the flat ids of each side and the pairs' lengths (without EOS)."""
+        for file, lens in zip(self.lengths, (src_lens, tgt_lens)):
+            file.write(np.asarray(lens, np.int64) + 1)
         bounds = [np.concatenate([[0], np.cumsum(lens)]) for lens in (src_lens, tgt_lens)]
         done, n = 0, len(src_lens)
         while done < n:
@@ -240,8 +333,10 @@ class ShardWriter:
     def close(self) -> dict:
         """Finish the last shard, write ``index.json`` and move the folder into place."""
         self._close_shard()
+        for file in self.lengths:
+            file.close()
         index = {"format": FORMAT, "pairs": sum(e["pairs"] for e in self.index),
-                 "shards": self.index}
+                 "shards": self.index, "lengths": list(LENGTHS)}
         (self.partial / "index.json").write_text(json.dumps(index, indent=1))
         old = self.folder.with_name(f".{self.folder.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -253,7 +348,7 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop what was written (the folder in place, if any, stays as it was)."""
-        for f in self.files:
+        for f in self.files + self.lengths:
             f.file.close()
         self.files = []
         shutil.rmtree(self.partial, ignore_errors=True)

@@ -6,6 +6,7 @@ the target becomes ``tgt_in = [BOS, y1..yn]`` and ``tgt_out = [y1..yn, EOS]``.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,27 @@ class Vocab:
         return Vocab(prefix.with_suffix(".model"))
 
 
+def _no_state() -> None:
+    """A training worker's state: none."""
+
+
+def _train_task(_, args: tuple) -> None:
+    Vocab.train(*args)
+
+
+def train_apart(files: list[Path], prefix: Path, vocab_size: int, model_type: str,
+                coverage: float, seed=1, sentences: int = 2_000_000) -> Vocab:
+    """``Vocab.train`` in a worker process (``workers.WorkerPool``, without torch), so the
+    memory SentencePiece's training takes is returned when it ends rather than kept by the
+    calling process."""
+    from .workers import WorkerPool
+
+    args = (files, prefix, vocab_size, model_type, coverage, seed, sentences)
+    with WorkerPool(1, __name__, (), ("_no_state", "_train_task")) as pool:
+        list(pool.map([args]))
+    return Vocab(prefix.with_suffix(".model"))
+
+
 def sample_indices(n: int, k: int, seed: int, block: int = 1 << 20) -> np.ndarray | None:
     """``k`` distinct line numbers (0-based, sorted) drawn uniformly from ``n``, block by block
     (a hypergeometric share per block), so memory follows ``k``, not ``n``; None when
@@ -109,13 +131,15 @@ def write_sample(paths, chosen: np.ndarray | None, out: Path) -> list[int]:
     return written
 
 
-def _picked(lines, chosen: np.ndarray | None):
-    """(1-based number, line) of every line, or only of the 0-based numbers in ``chosen``."""
+def _picked(lines, chosen: np.ndarray | None, piece: int = 1 << 16):
+    """(1-based number, line) of every line, or only of the 0-based numbers in ``chosen``
+    (sorted), taken ``piece`` numbers at a time."""
     if chosen is None:
         yield from enumerate(lines, 1)
         return
-    wanted, j = chosen.tolist() + [-1], 0
-    for i, raw in enumerate(lines):
-        if i == wanted[j]:
-            j += 1
-            yield i + 1, raw
+    at = 0
+    for a in range(0, len(chosen), piece):
+        for number in chosen[a: a + piece].tolist():
+            raw = next(itertools.islice(lines, number - at, None))
+            at = number + 1
+            yield at, raw

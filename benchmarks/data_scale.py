@@ -65,18 +65,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a dotted config override for every run (repeatable)")
     p.add_argument("--seed", type=int, default=1)
-    return p.parse_args(argv)
+    p.add_argument("--corpora", default=",".join(CORPORA),
+                   help="the shared corpora the pairs are drawn from, comma-separated; "
+                        "'multi30k' alone gives the reference's length distribution, so that "
+                        "tokens/s compares the data path only")
+    args = p.parse_args(argv)
+    args.corpora = tuple(c for c in args.corpora.split(",") if c)
+    unknown = sorted(set(args.corpora) - set(CORPORA))
+    if unknown or not args.corpora:
+        p.error(f"--corpora: {', '.join(unknown) or 'none given'}; known: {', '.join(CORPORA)}")
+    return args
 
 
 # -- corpora --------------------------------------------------------------------------------
 
 
-def pool(shared: Path) -> tuple[list[str], list[str], list[str]]:
-    """(source lines, target lines, files) of every shared training split found."""
+def pool(shared: Path, corpora=CORPORA) -> tuple[list[str], list[str], list[str]]:
+    """(source lines, target lines, files) of every training split of ``corpora`` found."""
     from gapless.data import read_parallel
 
     src, tgt, names = [], [], []
-    for name in CORPORA:
+    for name in corpora:
         for de in sorted((shared / name).glob("*train.de")):
             en = de.with_name(de.name[: -len("de")] + "en")
             if en.is_file():
@@ -85,7 +94,7 @@ def pool(shared: Path) -> tuple[list[str], list[str], list[str]]:
                 tgt += t
                 names.append(relpath(de))
     if not src:
-        raise SystemExit(f"no training split of {', '.join(CORPORA)} under {shared}")
+        raise SystemExit(f"no training split of {', '.join(corpora)} under {shared}")
     return src, tgt, names
 
 
@@ -294,10 +303,10 @@ def main(argv=None) -> int:
         raise SystemExit("--work-dir must lie outside the repository")
     sizes = [int(s) for s in args.sizes.split(",")]
     info = machine(args.threads)
-    src, tgt, files = pool(shared)
+    src, tgt, files = pool(shared, args.corpora)
     valid = valid_split(shared, (src, tgt))
     doc = {"machine": info, "protocol": {
-        "pool_files": files, "pool_pairs": len(src), "valid_pairs": len(valid[0]),
+        "pool_corpora": list(args.corpora), "pool_files": files, "pool_pairs": len(src), "valid_pairs": len(valid[0]),
         "preset": args.preset, "updates": args.updates, "overrides": args.set,
         "sampling": "pairs drawn uniformly with replacement", "rss_sampling_s": 0.05},
         "sizes": []}
@@ -308,7 +317,8 @@ def main(argv=None) -> int:
                             "pairs": measured["prepare"]["pairs_read"], "current": measured}
     for i, n in enumerate(sizes):
         say("data_scale", f"{n} pairs")
-        corpus = work / f"corpus-{n}"
+        drawn = "" if args.corpora == CORPORA else "-" + "+".join(args.corpora)
+        corpus = work / f"corpus-{n}{drawn}"
         entry = {"pairs": n, "corpus": build_corpus(corpus, n, (src, tgt), valid, args.seed)}
         entry["current"] = run_size(args, REPO, corpus, work / "runs" / f"current-{n}")
         if i == 0 and args.baseline:

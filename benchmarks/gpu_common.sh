@@ -1,11 +1,12 @@
-# Shared by gpu_sweep.sh and gpu_seeds.sh (sourced): many short trainings at once on one GPU.
+# Shared by gpu_sweep.sh, gpu_seeds.sh and gpu_from_scratch.sh (sourced): many short trainings
+# at once on one GPU.
 # run NAME DIRECTION OVERRIDES...   peers' model size, trained then scored (valid + 3 tests, beam 5)
 # base NAME MINUTES                 Transformer-base (6+6, d512) for a fixed wall-clock
 # collect                           one JSON of all runs into $OUT/sweep.json, a summary on stdout
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-R=/tmp/gruns; mkdir -p $R
+R=${RUNS_DIR:-/tmp/gruns}; mkdir -p "$R"  # RUNS_DIR: where the runs go
 M="--model.d_model 256 --model.n_heads 4 --model.ffn_dim 1024 --model.enc_layers 3 --model.dec_layers 3"
 T="--train.progress false --train.valid_every 100000 --train.save_every 100000 --train.max_minutes 5"
 EVAL="--checkpoint last --split valid --split test2016 --split test2017 --split mscoco2017 --beam 5"

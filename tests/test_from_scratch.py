@@ -1,0 +1,143 @@
+"""benchmarks/gpu_from_scratch.sh's CPU dry run (protocol section 4): every method x seed
+trained on its schedule and scored, the paired statistics recomputed from the per-run scores,
+a missing run named, and a wrong or incomplete METHODS refused before any training."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_from_scratch.sh"
+METHODS = ("teacher_forcing", "word_oracle", "sentence_oracle")
+SEEDS = (1, 2, 3)
+SPLITS = ("valid", "test2016", "test2017", "mscoco2017")
+T_975_2 = 4.302652729911275  # t(0.975, 2): the protocol's 4.303 for 3 seeds
+RUNS = {f"{m}-s{s}" for m in METHODS for s in SEEDS}
+
+
+def script(out: Path, runs: Path, **env: str) -> subprocess.CompletedProcess:
+    """The script in its dry-run mode, writing to ``out`` with its runs in ``runs``."""
+    env = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "RUNS_DIR": str(runs),
+           "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory) -> tuple[Path, dict]:
+    """(folder holding out/ and runs/, the JSON) of one whole dry run."""
+    root = tmp_path_factory.mktemp("from_scratch")
+    proc = script(root / "out", root / "runs")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return root, json.loads((root / "out" / "from_scratch.json").read_text())
+
+
+def or_nmt(epoch: int, mu: float = 15.0) -> float:
+    """OR-NMT's p of gold at ``epoch``: mu / (mu + exp(epoch / mu))."""
+    return mu / (mu + math.exp(epoch / mu))
+
+
+def test_every_method_and_seed_is_trained_and_scored(dry):
+    root, doc = dry
+    assert doc["dry_run"] and doc["complete"] and doc["missing"] == [] and doc["short"] == []
+    assert set(doc["runs"]) == RUNS and doc["seeds"] == list(SEEDS)
+    planned = doc["setup"]["updates"]
+    test_lines = len((root / "runs" / "corpus" / "test2016.en").read_text().splitlines())
+    for name, run in doc["runs"].items():
+        assert run["updates"] == run["planned_updates"] == planned and planned > 1, name
+        assert run["stopped"] == "max_updates" and f"{run['method']}-s{run['seed']}" == name
+        assert set(run["scores"]) == set(SPLITS)
+        for score in run["scores"].values():
+            assert 0 <= score["bleu"] <= 100 and "tok:13a" in score["signature"]
+        back = root / "out" / "runs" / name
+        assert len((back / "test2016.hyp").read_text().splitlines()) == test_lines
+        config = (back / "config.yaml").read_text()
+        assert f"name: {run['method']}\n" in config  # strategy.name
+        log = [json.loads(x) for x in (back / "log.jsonl").read_text().splitlines()]
+        epochs = [r["epoch"] for r in log if r["kind"] == "train"]
+        if run["method"] == "teacher_forcing":
+            assert "p_gold" not in run["logged"]
+        else:  # OR-NMT's decay per epoch, mu = 15, from update 0
+            assert "or_nmt_mu: 15" in config and "schedule_unit: epoch" in config
+            assert or_nmt(max(epochs)) - 1e-4 <= run["logged"]["p_gold"] <= or_nmt(1) + 1e-4
+    assert "sentence_oracle" in doc["methods"] and doc["methods"]["sentence_oracle"][
+        "strategy.oracle_beam"] == 4
+
+
+def test_statistics_come_from_the_per_run_scores(dry):
+    _, doc = dry
+    stats, runs = doc["statistics"], doc["runs"]
+    assert stats["reference"] == "teacher_forcing" and stats["primary"] == "test2016"
+    p_values = {}
+    for method in METHODS[1:]:
+        for split in SPLITS:
+            s = stats["intervals"][method][split]
+            diffs = [round(runs[f"{method}-s{seed}"]["scores"][split]["bleu"]
+                           - runs[f"teacher_forcing-s{seed}"]["scores"][split]["bleu"], 6)
+                     for seed in SEEDS]
+            assert s["diffs"] == diffs and s["seeds"] == list(SEEDS)
+            mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+            half = T_975_2 * sd / math.sqrt(3)
+            assert s["mean"] == pytest.approx(mean, abs=1e-9)
+            assert s["lo"] == pytest.approx(mean - half, abs=1e-6)
+            assert s["hi"] == pytest.approx(mean + half, abs=1e-6)
+        p_values[method] = stats["intervals"][method]["test2016"]["p"]
+    first, second = sorted(p_values, key=p_values.get)  # Holm over the 2 methods
+    holm = {first: min(1.0, 2 * p_values[first])}
+    holm[second] = max(holm[first], p_values[second])
+    for method, d in stats["decisions"].items():
+        s = stats["intervals"][method]["test2016"]
+        assert d["p_holm"] == pytest.approx(holm[method], abs=1e-12)
+        expected = ("beats" if s["lo"] > 0 and holm[method] < 0.05 else
+                    "worse" if s["hi"] < 0 and holm[method] < 0.05 else
+                    "no difference detected")
+        assert d["decision"] == expected
+    assert set(stats["bootstrap"]["per_seed"]["test2016"]) == {str(s) for s in SEEDS}
+
+
+def test_collect_recomputes_from_edited_runs_and_names_a_missing_one(dry, tmp_path):
+    root, doc = dry
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    (runs / "sentence_oracle-s3" / "finetune.json").unlink()
+    edited = runs / "teacher_forcing-s1" / "finetune.json"
+    record = json.loads(edited.read_text())
+    record["scores"]["test2016"]["bleu"] += 1.5
+    edited.write_text(json.dumps(record))
+    proc = script(tmp_path / "out", runs, COLLECT_ONLY="1")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "missing runs ['sentence_oracle-s3']" in proc.stderr
+    new = json.loads((tmp_path / "out" / "from_scratch.json").read_text())
+    assert new["missing"] == ["sentence_oracle-s3"] and not new["complete"]
+    assert set(new["runs"]) == RUNS - {"sentence_oracle-s3"}
+    wo = new["statistics"]["intervals"]["word_oracle"]["test2016"]
+    old = doc["statistics"]["intervals"]["word_oracle"]["test2016"]
+    assert wo["diffs"][0] == pytest.approx(old["diffs"][0] - 1.5, abs=1e-6)
+    assert wo["diffs"][1:] == old["diffs"][1:]
+    so = new["statistics"]["intervals"]["sentence_oracle"]["test2016"]
+    assert so["n"] == 2 and so["seeds"] == [1, 2]
+    # the hypotheses no longer give the edited score: the bootstrap says so
+    seed1 = new["statistics"]["bootstrap"]["per_seed"]["test2016"]["1"]
+    assert seed1["baseline"]["consistent"] is False
+
+
+@pytest.mark.parametrize("methods, message", [
+    ("teacher_forcing,word_oracel", "unknown method(s) ['word_oracel']"),
+    ("word_oracle,sentence_oracle", "the reference teacher_forcing is missing"),
+])
+def test_a_wrong_or_incomplete_method_list_fails_before_training(tmp_path, methods, message):
+    proc = script(tmp_path / "out", tmp_path / "runs", METHODS=methods)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "known: teacher_forcing, word_oracle, sentence_oracle" in (
+        proc.stderr)
+    assert not (tmp_path / "out" / "from_scratch.json").exists()
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["from_scratch.py"]

@@ -479,3 +479,27 @@ def test_training_releases_free_heap_once_per_log_interval(prepared, tmp_path, m
     run = _fresh_run(prepared, tmp_path / "run")
     train(_cfg(prepared[0], **{"train.max_updates": 10}), run)  # log_every 5
     assert len(calls) == 2
+
+
+def test_a_rank_reads_only_its_own_micro_batches(prepared, tmp_path, monkeypatch):
+    """Rank r of w collates (reads the token rows of) micro-batches r, r + w, ... of a group
+    and no other; the group's token count comes from the length arrays alone."""
+    import contextlib
+    import types
+
+    import numpy as np
+
+    import gapless.training.trainer as train_mod
+
+    run = _fresh_run(prepared, tmp_path / "run")
+    trainer = train_mod.Trainer(_cfg(prepared[0], **{"train.max_updates": 1}), run)
+    read, real = [], train_mod.collate
+    monkeypatch.setattr(train_mod, "collate", lambda data, idx: read.append(idx) or real(data, idx))
+    group = [np.arange(i, i + 4) for i in range(0, 20, 4)]  # 5 micro-batches of 4 rows
+    trainer.ddp = types.SimpleNamespace(rank=1, world=2, any=lambda flag: flag)
+    trainer.step_module.no_sync = contextlib.nullcontext  # what DDP's wrapper provides
+    trainer.bar, trainer.interval, trainer.run_start = None, train_mod.Interval(), 0.0  # fit's
+    assert trainer.train_update(group)
+    assert [r.tolist() for r in read] == [group[1].tolist(), group[3].tolist()]
+    lens = trainer.prep.train.tgt_lens
+    assert trainer.state.tokens == sum(int(lens[r].sum()) for r in group)

@@ -1,5 +1,6 @@
 """Load test of ``gapless serve`` on the loopback: concurrent clients against the server in a
-subprocess, next to offline decoding of the same sentences; prints one JSON document.
+subprocess, next to offline decoding of the same sentences; prints one JSON document (and
+writes it to ``--out``).
 
 Protocol: the server (``python -m gapless serve RUN``, its own process, ``--threads`` torch
 threads) on a free 127.0.0.1 port; ``--clients`` (32) clients, each with one keep-alive
@@ -19,7 +20,8 @@ server's environment and runtime settings (``gapless.serve.server.prepare_runtim
 loader, beam and threads, after the server has stopped. ``--also-offline-default`` adds the
 same offline pass with gapless's offline runtime settings (``gapless.load`` alone);
 ``--offline-served-batches`` one that calls the engine with the server's mean batch size of
-consecutive sentences in request order (mixed lengths, as merged requests are), which tells the
+consecutive sentences in request order (mixed lengths, as merged requests are), each call one
+search (as the server runs a merged batch of up to ``search_batch`` sentences), which tells the
 engine's cost of served batches apart from the server's own.
 
 ``--server-env KEY=VALUE`` (repeatable) sets a variable for the server and the offline process
@@ -29,7 +31,7 @@ alike (``OMP_WAIT_POLICY=PASSIVE``, ``GAPLESS_SERVE_BATCH_START=quiet``,
 Bounded: ``--max-seconds`` stops sending new requests (``stopped_early`` says so), every
 request has a timeout, and the server is stopped at the end whatever happens.
 
-    python -m benchmarks.serve_load --run runs/NAME                    # the protocol (long)
+    python -m benchmarks.serve_load --run runs/NAME --out DIR/serve_load.json  # the protocol
     python -m benchmarks.serve_load --run runs/tiny --requests 40 --clients 4   # smoke
 """
 
@@ -84,6 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=1800, help="stop sending after this")
     p.add_argument("--request-timeout", type=float, default=300)
     p.add_argument("--no-offline", action="store_true", help="skip the offline pass")
+    p.add_argument("--out", default="", help="also write the JSON document here")
     p.add_argument("--also-offline-default", action="store_true",
                    help="also translate offline with gapless.load's own runtime settings")
     p.add_argument("--offline-served-batches", action="store_true",
@@ -324,9 +327,10 @@ def offline_worker(args) -> int:
     lines = Path(args.offline_worker).read_text(encoding="utf-8").split("\n")
     engine.translate(lines[:8], beam=args.beam)  # warm-up
     chunk = args.offline_chunk or len(lines)
+    per_search = {"batch_size": chunk} if args.offline_chunk else {}  # a call: one search
     start = time.perf_counter()
     for i in range(0, len(lines), chunk):
-        engine.translate(lines[i:i + chunk], beam=args.beam)
+        engine.translate(lines[i:i + chunk], beam=args.beam, **per_search)
     seconds = time.perf_counter() - start
     reply({"sentences": len(lines), "seconds": round(seconds, 2),
            "sentences_per_second": round(len(lines) / seconds, 2),
@@ -338,7 +342,7 @@ def offline_worker(args) -> int:
 def offline(args, lines: list[str], runtime: str, chunk: int = 0) -> dict:
     """``engine.translate`` of ``lines`` in a fresh process with the server's environment,
     loaded as the server loads it (``runtime`` server: after ``prepare_runtime``), all in one
-    call or ``chunk`` sentences per call."""
+    call or ``chunk`` sentences per call (one search each)."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8") as f:
         f.write("\n".join(lines))
         f.flush()
@@ -388,7 +392,7 @@ def main(argv=None) -> int:
     per_batch = round(result["sentences_per_batch"] or 0)
     off_served = offline(args, sent, "server", per_batch) \
         if sent and per_batch and args.offline_served_batches else None
-    emit({
+    doc = {
         "benchmark": "serve_load", "run": relpath(args.run), "checkpoint": args.checkpoint,
         "model": {"name": model.get("name"), "engine": model.get("engine"),
                   "limits": model.get("limits")},
@@ -405,8 +409,17 @@ def main(argv=None) -> int:
                                      / off["sentences_per_second"], 3)
         if off and result["sentences_per_second"] else None,
         "server_memory_mb": load.memory, "machine": finish(info),
-    })
+    }
+    emit(doc)
+    write_out(doc, args.out)
     return 0 if result["failed"] == 0 else 1
+
+
+def write_out(doc: dict, path: str) -> None:
+    """``doc`` as JSON into ``path`` (its folder made; nothing when ``path`` is empty)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared test setup: slow tests opt-in, 1 torch thread, a tiny parallel corpus fixture."""
+"""Shared test setup: slow tests opt-in, 1 torch thread, a tiny parallel corpus fixture, a
+builder of tiny random-init translators."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from gapless import config as config_mod
+from gapless.config import DecodeConfig
 from gapless.corpora import synthetic_pair
+from gapless.data import Vocab
+from gapless.inference import Translator
+from gapless.model import Transformer
 
 torch.set_num_threads(1)  # tiny test models: one thread is several times faster than two on a
 # busy 2-core machine (the threads spin against each other)
@@ -49,3 +55,23 @@ def tiny_corpus(tmp_path) -> Path:
                 "".join(p[col] + "\n" for p in pairs), encoding="utf-8"
             )
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_translator(tmp_path_factory):
+    """A builder of random-init tiny Transformers (seed 0, so equal calls give equal weights)
+    with one SentencePiece model of the synthetic corpus: ``tiny_translator(beam=2,
+    max_len_b=5)`` -> a CPU ``Translator`` whose decode settings are those keywords."""
+    folder = tmp_path_factory.mktemp("spm")
+    rng = random.Random(7)
+    text = "".join(f"{de}\n{en}\n" for de, en in (synthetic_pair(rng) for _ in range(300)))
+    (folder / "train.txt").write_text(text, encoding="utf-8")
+    vocab = Vocab.train([folder / "train.txt"], folder / "spm", 120, "bpe", 1.0)
+    cfg = config_mod.load("tiny", {"model.vocab_size": len(vocab)})
+
+    def build(**decode) -> Translator:
+        torch.manual_seed(0)
+        return Translator(Transformer(cfg.model), vocab, DecodeConfig(**decode),
+                          torch.device("cpu"))
+
+    return build

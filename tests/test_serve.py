@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from gapless import config as config_mod
 from gapless.config import DecodeConfig
-from gapless.corpora import synthetic_pair
-from gapless.data import Vocab
 from gapless.inference import Translation, Translator
-from gapless.model import Transformer
 from gapless.serve import (
     Background,
     Batcher,
@@ -105,7 +99,8 @@ def test_a_string_gives_one_entry_and_a_list_one_per_sentence_in_order(fake):
     assert many["translations"][1]["alternatives"] == [{"text": "EN(b)#1", "score": -0.2},
                                                        {"text": "EN(b)#2", "score": -0.3}]
     assert engine.calls[-1][1] == {"beam": 3, "nbest": 3, "len_penalty": 0.6,
-                                   "max_len_a": 1.5, "max_len_b": 10}
+                                   "max_len_a": 1.5, "max_len_b": 10,
+                                   "batch_size": ServeSettings.search_batch}
 
 
 def test_model_and_health_say_what_is_loaded(fake):
@@ -346,17 +341,9 @@ def test_an_engine_answering_too_few_sentences_fails_the_request_not_the_worker(
 
 
 @pytest.fixture(scope="module")
-def translator(tmp_path_factory) -> Translator:
-    """A random-init tiny Transformer with a SentencePiece model of the synthetic corpus."""
-    folder = tmp_path_factory.mktemp("spm")
-    rng = random.Random(7)
-    text = "".join(f"{de}\n{en}\n" for de, en in (synthetic_pair(rng) for _ in range(300)))
-    (folder / "train.txt").write_text(text, encoding="utf-8")
-    vocab = Vocab.train([folder / "train.txt"], folder / "spm", 120, "bpe", 1.0)
-    cfg = config_mod.load("tiny", {"model.vocab_size": len(vocab)})
-    torch.manual_seed(0)
-    return Translator(Transformer(cfg.model), vocab, DecodeConfig(beam=2, max_len_b=5),
-                      torch.device("cpu"))
+def translator(tiny_translator) -> Translator:
+    """The tiny random-init translator of ``conftest.tiny_translator`` (beam=2, max_len_b=5)."""
+    return tiny_translator(beam=2, max_len_b=5)
 
 
 def test_the_real_engine_truncates_what_it_cannot_encode(translator, caplog):

@@ -1,7 +1,9 @@
-"""The server under load: when the batcher starts a batch (``oldest`` / ``quiet``), the heap
-trim before answering, the engine's busy time, settings from the environment, merged batches
-equal to translating alone on a real model, and the load generator of
-``benchmarks/serve_load.py`` counting what fails."""
+"""The server under load: when the batcher starts a batch (``oldest`` / ``quiet`` /
+``refill``), one tokenizer call for the requests taken together, the heap trim before
+answering, the engine's busy time, the engine thread that loads the model and runs its
+batches, settings from the environment, merged batches (one search or several) equal to
+translating alone on a real model, and the load generator of ``benchmarks/serve_load.py``
+counting what fails."""
 
 from __future__ import annotations
 
@@ -12,20 +14,24 @@ import threading
 import time
 
 import pytest
-import torch
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from benchmarks import serve_load
-from gapless import config as config_mod
 from gapless.config import ConfigError, DecodeConfig
 from gapless.corpora import synthetic_pair
-from gapless.data import Vocab
 from gapless.inference import Translation, Translator
-from gapless.model import Transformer
-from gapless.serve import Background, Batcher, DecodeSettings, ServeSettings, create_app
+from gapless.serve import (
+    Background,
+    Batcher,
+    DecodeSettings,
+    EngineThread,
+    ServeSettings,
+    create_app,
+)
 from gapless.serve import batcher as batcher_mod
+from gapless.serve import server as server_mod
 from gapless.serve.batcher import Job
 from gapless.serve.server import settings_from_env
 
@@ -70,7 +76,7 @@ def _job(arrived: float) -> Job:
 
 
 def test_oldest_counts_the_wait_from_the_oldest_request():
-    batcher = Batcher(Echo(), max_wait_ms=10)
+    batcher = Batcher(Echo(), max_wait_ms=10, batch_start="oldest")
     jobs = [_job(100.0), _job(100.008), _job(100.016)]
     assert batcher._start_at(jobs) == pytest.approx(100.010)
     batcher._last_done = 100.5  # and not before the last batch is out
@@ -78,7 +84,7 @@ def test_oldest_counts_the_wait_from_the_oldest_request():
 
 
 def test_quiet_waits_for_arrivals_to_pause_up_to_max_hold():
-    batcher = Batcher(Echo(), max_wait_ms=10, start="quiet", max_hold_ms=100)
+    batcher = Batcher(Echo(), max_wait_ms=10, batch_start="quiet", max_hold_ms=100)
     jobs = [_job(100.0), _job(100.008), _job(100.016)]
     assert batcher._start_at(jobs) == pytest.approx(100.026)  # 10 ms after the newest
     jobs.append(_job(100.095))
@@ -88,7 +94,7 @@ def test_quiet_waits_for_arrivals_to_pause_up_to_max_hold():
 
 
 def test_quiet_counts_from_the_last_answer_sent():
-    batcher = Batcher(Echo(), max_wait_ms=10, start="quiet", max_hold_ms=100)
+    batcher = Batcher(Echo(), max_wait_ms=10, batch_start="quiet", max_hold_ms=100)
     jobs = [_job(100.0)]
     batcher._last_done, batcher._delivered = 100.0, 100.05  # answers still going out
     assert batcher._start_at(jobs) == pytest.approx(100.06)
@@ -111,9 +117,11 @@ def test_the_app_marks_an_answer_delivered_once_it_is_sent():
     assert load.failed() == 0 and batcher._delivered >= before
 
 
-def test_an_unknown_start_rule_is_refused():
-    with pytest.raises(ValueError, match="start"):
-        Batcher(Echo(), start="eager")
+def test_an_unknown_start_rule_or_an_empty_search_is_refused():
+    with pytest.raises(ValueError, match="batch_start"):
+        Batcher(Echo(), batch_start="eager")
+    with pytest.raises(ValueError, match="search_batch"):
+        Batcher(Echo(), search_batch=0)
 
 
 def _staggered(batcher: Batcher, gap: float, n: int) -> list:
@@ -134,12 +142,176 @@ def _staggered(batcher: Batcher, gap: float, n: int) -> list:
 
 def test_quiet_merges_requests_that_keep_arriving_which_oldest_splits():
     oldest, quiet = Echo(), Echo()
-    _staggered(Batcher(oldest, max_wait_ms=400), 0.15, 4)
-    results = _staggered(Batcher(quiet, max_wait_ms=400, start="quiet", max_hold_ms=5000),
+    _staggered(Batcher(oldest, max_wait_ms=400, batch_start="oldest"), 0.15, 4)
+    results = _staggered(Batcher(quiet, max_wait_ms=400, batch_start="quiet", max_hold_ms=5000),
                          0.15, 4)
     assert quiet.calls == [["s0", "s1", "s2", "s3"]]
     assert len(oldest.calls) > 1 and _flat(oldest.calls) == ["s0", "s1", "s2", "s3"]
     assert [r.translations[0][0].text for r in results] == [f"EN(s{i})" for i in range(4)]
+
+
+def test_refill_waits_for_as_many_arrivals_as_the_last_batch_answered():
+    batcher = Batcher(Echo(), max_wait_ms=10, batch_start="refill", max_hold_ms=100)
+    assert batcher._start_at([_job(100.0)]) == pytest.approx(100.010)  # none answered yet
+    batcher._last_done, batcher._answered = 100.5, 3
+    jobs = [_job(100.4), _job(100.51), _job(100.52)]  # one from before the batch, two back
+    assert batcher._start_at(jobs) == pytest.approx(100.6)  # held, max_hold at the latest
+    jobs.append(_job(100.53))  # the third caller is back
+    assert batcher._start_at(jobs) == pytest.approx(100.51)
+
+
+def test_refill_keeps_callers_that_come_back_in_one_batch():
+    """Three callers, each sending its next request once answered, one of them slower to
+    come back than ``max_wait``: every batch holds one request of each, and every caller
+    gets its own answers."""
+    engine = Echo(delay=0.02)
+    batcher = Batcher(engine, max_wait_ms=20, batch_start="refill", max_hold_ms=5000)
+
+    async def caller(name: str) -> list[str]:
+        out = []
+        for i in range(3):
+            result = await batcher.translate([f"{name}{i}"], GREEDY)
+            out.append(result.translations[0][0].text)
+            await asyncio.sleep(0.2 if name == "c" else 0.0)
+        return out
+
+    async def scenario():
+        return await asyncio.gather(*(caller(name) for name in "abc"))
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert [sorted(call) for call in engine.calls] == [[f"a{i}", f"b{i}", f"c{i}"]
+                                                        for i in range(3)]
+    assert answers == [[f"EN({name}{i})" for i in range(3)] for name in "abc"]
+
+
+# -- preparing sources --------------------------------------------------------------------------
+
+
+class Pieces(Echo):
+    """``Echo`` with a tokenizer hook that records its calls and fails on a line with
+    ``badtok``."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokenized: list[list[str]] = []
+
+    def pieces(self, lines: list[str]) -> list[list[str]]:
+        self.tokenized.append(list(lines))
+        if any("badtok" in line for line in lines):
+            raise ValueError("cannot tokenize badtok")
+        return [["\u2581" + w for w in line.split()] for line in lines]
+
+
+def test_the_requests_taken_together_are_tokenized_in_one_call():
+    engine = Pieces()
+    batcher = Batcher(engine)
+    loop = asyncio.new_event_loop()
+    try:
+        jobs = [Job(lines, GREEDY, loop.create_future(), loop)
+                for lines in (["ein Hund", ""], ["zwei"], ["drei Katzen da"])]
+        batcher._prepare_all(jobs)
+    finally:
+        loop.close()
+    assert engine.tokenized == [["ein Hund", "zwei", "drei Katzen da"]]
+    assert [[s and (s.text, s.pieces) for s in job.sources] for job in jobs] == [
+        [("ein Hund", 2), None], [("zwei", 1)], [("drei Katzen da", 3)]]
+
+
+def test_a_request_the_tokenizer_refuses_fails_alone():
+    engine = Pieces()
+    batcher = Batcher(engine, max_wait_ms=20)
+
+    async def scenario():
+        return await asyncio.gather(*(batcher.translate(lines, GREEDY) for lines in
+                                      (["gut"], ["badtok hier"], ["auch gut"])),
+                                    return_exceptions=True)
+
+    try:
+        good, bad, other = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert isinstance(bad, ValueError) and "badtok" in str(bad)
+    assert good.translations[0][0].text == "EN(gut)"
+    assert other.translations[0][0].text == "EN(auch gut)"
+    assert all("badtok hier" not in call for call in engine.calls)
+
+
+# -- the engine thread --------------------------------------------------------------------------
+
+
+def test_the_engine_thread_runs_calls_in_order_in_one_thread():
+    owner = EngineThread()
+    seen: list[int] = []
+    try:
+        futures = [owner.submit(lambda i=i: seen.append(i) or threading.get_ident())
+                   for i in range(5)]
+        assert {f.result() for f in futures} == {owner.ident}
+        assert seen == list(range(5)) and owner.ident != threading.get_ident()
+        with pytest.raises(ZeroDivisionError):
+            owner.call(lambda: 1 / 0)
+        assert owner.call(lambda: 2) == 2  # an error is the caller's; the thread goes on
+    finally:
+        owner.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        owner.submit(lambda: 1)
+
+
+class Where(Echo):
+    """``Echo`` that records the thread it was made in and the thread of each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.made_in = threading.get_ident()
+        self.threads: list[int] = []
+
+    def translate_text(self, lines: list[str], **settings) -> list[list[Translation]]:
+        self.threads.append(threading.get_ident())
+        return super().translate_text(lines, **settings)
+
+
+def _two_requests(batcher: Batcher) -> None:
+    async def scenario():
+        await batcher.translate(["a"], GREEDY)
+        await batcher.translate(["b"], GREEDY)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+
+
+def test_the_batcher_runs_the_engine_in_the_thread_that_loaded_it():
+    owner = EngineThread()
+    try:
+        engine = owner.call(Where)
+        _two_requests(Batcher(engine, max_wait_ms=1, owner=owner))
+        assert engine.made_in == owner.ident and engine.threads == [owner.ident] * 2
+        assert owner.call(lambda: 3) == 3  # the batcher has left the thread for other calls
+    finally:
+        owner.close()
+    alone = Where()  # no owner: a worker thread of the batcher's own
+    _two_requests(Batcher(alone, max_wait_ms=1))
+    assert len(set(alone.threads)) == 1 and alone.threads[0] != threading.get_ident()
+
+
+def test_serve_run_loads_the_model_in_the_thread_that_serves_it(monkeypatch, tmp_path):
+    seen: dict = {}
+
+    def load(run, checkpoint, device, dtype, engine):
+        seen["loaded_in"] = threading.get_ident()
+        return Where()
+
+    monkeypatch.setattr(server_mod, "prepare_runtime", lambda: None)  # no process settings
+    monkeypatch.setattr(server_mod, "load_model", load)
+    monkeypatch.setattr(server_mod, "serve", lambda model, settings, owner=None: seen.update(
+        owner=owner, model=model))
+    server_mod.serve_run(tmp_path, ServeSettings())
+    assert seen["owner"] is not None and seen["loaded_in"] == seen["owner"].ident
+    assert seen["model"].made_in == seen["owner"].ident
+    seen["owner"].close()
 
 
 # -- memory, busy time --------------------------------------------------------------------------
@@ -184,6 +356,14 @@ def test_health_counts_the_engines_busy_seconds():
     assert stats["batches"] == 2 and stats["busy_seconds"] >= 0.1
 
 
+def test_the_load_test_writes_its_document_where_asked(tmp_path):
+    out = tmp_path / "new" / "serve_load.json"
+    serve_load.write_out({"served": {"failed": 0}}, str(out))
+    assert json.loads(out.read_text(encoding="utf-8")) == {"served": {"failed": 0}}
+    serve_load.write_out({"x": 1}, "")  # no --out: nothing written
+    assert serve_load.parse_args(["--run", "r"]).out == ""
+
+
 def test_settings_from_the_environment():
     base = ServeSettings(max_wait_ms=2.0)
     env = {"GAPLESS_SERVE_BATCH_START": "quiet", "GAPLESS_SERVE_MAX_HOLD_MS": "150",
@@ -194,34 +374,42 @@ def test_settings_from_the_environment():
     assert settings_from_env(base, {}) == base
     with pytest.raises(ConfigError, match="GAPLESS_SERVE_TRIM_EVERY"):
         settings_from_env(base, {"GAPLESS_SERVE_TRIM_EVERY": "often"})
+    assert settings_from_env(base, {"GAPLESS_SERVE_SEARCH_BATCH": "64"}).search_batch == 64
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("BATCH_START", "eager", "one of oldest, quiet, refill"),
+    ("SEARCH_BATCH", "0", "an integer >= 1"),
+    ("SEARCH_BATCH", "many", "an integer >= 1"),
+    ("MAX_HOLD_MS", "-5", "a number >= 0"),
+    ("TRIM_EVERY", "-1", "an integer >= 0 (0: never)")])
+def test_a_setting_out_of_range_in_the_environment_is_named(name, value, expected):
+    with pytest.raises(ConfigError) as info:
+        settings_from_env(ServeSettings(), {f"GAPLESS_SERVE_{name}": value})
+    assert str(info.value) == f"GAPLESS_SERVE_{name}={value!r}: expected {expected}"
 
 
 # -- a real model: merged = alone ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def translator(tmp_path_factory) -> Translator:
-    """A random-init tiny Transformer with a SentencePiece model of the synthetic corpus."""
-    folder = tmp_path_factory.mktemp("spm")
-    rng = random.Random(7)
-    text = "".join(f"{de}\n{en}\n" for de, en in (synthetic_pair(rng) for _ in range(300)))
-    (folder / "train.txt").write_text(text, encoding="utf-8")
-    vocab = Vocab.train([folder / "train.txt"], folder / "spm", 120, "bpe", 1.0)
-    cfg = config_mod.load("tiny", {"model.vocab_size": len(vocab)})
-    torch.manual_seed(0)
-    return Translator(Transformer(cfg.model), vocab, DecodeConfig(beam=2, max_len_b=5,
-                                                                  batch_size=3),
-                      torch.device("cpu"))
+def translator(tiny_translator) -> Translator:
+    """The tiny random-init translator of ``conftest.tiny_translator`` (beam=2, max_len_b=5,
+    batch_size=3)."""
+    return tiny_translator(beam=2, max_len_b=5, batch_size=3)
 
 
-def test_merged_requests_get_what_each_sentence_gets_alone(translator):
-    """Requests merged into one engine call (sorted and split into search batches of
-    ``batch_size`` there) answer each sentence as translating it alone does, in order."""
+@pytest.mark.parametrize("search_batch", [128, 2])
+def test_merged_requests_get_what_each_sentence_gets_alone(translator, search_batch):
+    """Requests merged into one engine call (one search, or sorted and split into searches
+    of ``search_batch`` sentences) answer each sentence as translating it alone does, in
+    order."""
     rng = random.Random(3)
     requests = [[synthetic_pair(rng)[0] for _ in range(rng.randint(1, 4))] for _ in range(6)]
     alone = {line: translator.translate_text([line], **BEAM2.engine_kwargs())[0][0].text
              for lines in requests for line in lines}
-    batcher = Batcher(translator, max_wait_ms=300, start="quiet", max_hold_ms=5000)
+    batcher = Batcher(translator, max_wait_ms=300, batch_start="quiet", max_hold_ms=5000,
+                      search_batch=search_batch)
 
     async def scenario():
         return await asyncio.gather(*(batcher.translate(lines, BEAM2) for lines in requests))

@@ -68,6 +68,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..config import DecodeConfig
 from .batcher import EMPTY, Batcher, Result
+from .owner import EngineThread
 from .schema import RequestError, ServeSettings, TranslateRequest, parse_body, parse_request
 
 log = logging.getLogger(__name__)
@@ -159,11 +160,9 @@ async def until_disconnect(request: Request, work) -> Result:
 class Service:
     """The handlers over one engine and its batcher."""
 
-    def __init__(self, engine, settings: ServeSettings):
+    def __init__(self, engine, settings: ServeSettings, owner: EngineThread | None = None):
         self.engine, self.settings = engine, settings
-        self.batcher = Batcher(engine, settings.max_batch_tokens, settings.max_wait_ms,
-                               start=settings.batch_start, max_hold_ms=settings.max_hold_ms,
-                               trim_every=settings.trim_every)
+        self.batcher = Batcher(engine, settings, owner)
         described = engine.describe()
         self.described = described
         self.decode = decode_defaults(engine, described)
@@ -204,7 +203,8 @@ class Service:
                        "max_beam": max(s.max_beam, self.decode.beam),
                        "max_source_tokens": getattr(self.engine, "max_source_tokens", None),
                        "max_batch_tokens": s.max_batch_tokens, "max_wait_ms": s.max_wait_ms,
-                       "batch_start": s.batch_start, "max_hold_ms": s.max_hold_ms}})
+                       "batch_start": s.batch_start, "max_hold_ms": s.max_hold_ms,
+                       "search_batch": s.search_batch}})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "engine": self.engine.name,
@@ -214,10 +214,12 @@ class Service:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
 
-def create_app(engine, settings: ServeSettings | None = None) -> Starlette:
+def create_app(engine, settings: ServeSettings | None = None,
+               owner: EngineThread | None = None) -> Starlette:
     """The ASGI application serving ``engine`` (its batcher's worker starts with the app and
-    stops with it; ``app.state.service`` holds the handlers and the batcher)."""
-    service = Service(engine, settings or ServeSettings())
+    stops with it, in ``owner``, the thread that loaded the engine, when given;
+    ``app.state.service`` holds the handlers and the batcher)."""
+    service = Service(engine, settings or ServeSettings(), owner)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -1,10 +1,13 @@
 """Dynamic batching: the sentences of concurrent requests with the same decode settings are
 merged into one search batch, run by the one worker thread that owns the engine, and each
-request's translations return to its caller in order.
+request's translations return to its caller in order. The worker runs in the ``EngineThread``
+that loaded the engine when one is given (``owner``; ``gapless serve`` does this), else in a
+thread of its own.
 
 Requests wait in an inbox; the worker takes them, prepares their sources (piece counts,
-truncation) and runs the oldest request's settings group once it holds ``max_batch_tokens``
-source pieces, or when its wait is over (``start``):
+truncation; one tokenizer call for all the requests taken together) and runs the oldest
+request's settings group once it holds ``max_batch_tokens`` source pieces, or when its wait
+is over (``batch_start``):
 
 * ``"oldest"``: ``max_wait_ms`` after the oldest pending request arrived (or after the last
   batch finished, whichever is later);
@@ -13,16 +16,23 @@ source pieces, or when its wait is over (``start``):
   request arrived or the last batch finished. Callers answered by a batch send their next
   requests while the event loop is still sending answers; waiting for a pause is meant to
   gather them into one batch, so that the search does not share the CPU and the GIL with the
-  event loop's work on them.
+  event loop's work on them;
+* ``"refill"`` (the default): once as many requests have arrived since the last batch
+  finished as that batch answered (its callers are back, when they are the same callers),
+  and ``max_wait_ms`` after the oldest pending request or the last batch; at the latest
+  ``max_hold_ms`` after them. Callers that send their next request once answered then share
+  every batch, instead of the batches alternating between those answered by the one before
+  and the rest; a lone caller waits ``max_wait_ms``, as with ``"oldest"``.
 
-The engine gets each merged batch in one call (``translate_text``), which sorts and splits it
-into search batches as offline translation does. A request whose caller is gone (its task
-cancelled: the client disconnected) is dropped before its batch runs. Results are handed back
-with ``loop.call_soon_threadsafe``; a failing batch is retried one request at a time, so that
-only the request that fails gets the error. Every ``trim_every`` batches (0: never) the heap's
-free pages go back to the kernel (``release_free_memory``) before the batch's callers are
-answered, so that the server's memory between batches does not depend on which batch shapes
-came before.
+The engine gets each merged batch in one call (``translate_text``), which sorts it by length
+and splits it into searches of ``search_batch`` sentences (its ``batch_size``): one search for
+a merged batch of that many sentences or fewer, since a search's fixed cost per step is shared
+by all its sentences. A request whose caller is gone (its task cancelled: the client
+disconnected) is dropped before its batch runs. Results are handed back with
+``loop.call_soon_threadsafe``; a failing batch is retried one request at a time, so that only
+the request that fails gets the error. Every ``trim_every`` batches (0: never) the heap's free
+pages go back to the kernel (``release_free_memory``) before the batch's callers are answered,
+so that the server's memory between batches does not depend on which batch shapes came before.
 """
 
 from __future__ import annotations
@@ -32,16 +42,18 @@ import dataclasses
 import logging
 import threading
 import time
+from concurrent.futures import Future
 
 from ..inference import Translation
 from ..runtime import release_free_memory
-from .schema import DecodeSettings
+from .owner import EngineThread
+from .schema import DecodeSettings, ServeSettings
 from .source import Source, pieces_of, prepare
 
 log = logging.getLogger(__name__)
 
 EMPTY = Translation(text="", score=0.0, log_prob=0.0, tokens=0)
-STARTS = ("oldest", "quiet")
+STARTS = ("oldest", "quiet", "refill")
 
 
 @dataclasses.dataclass
@@ -83,40 +95,54 @@ class Batcher:
     """Merges concurrent requests into search batches for one ``Engine`` (one worker thread
     calls it; nothing else may)."""
 
-    def __init__(self, engine, max_batch_tokens: int = 4096, max_wait_ms: float = 5.0, *,
-                 start: str = "oldest", max_hold_ms: float = 200.0, trim_every: int = 1):
-        if start not in STARTS:
-            raise ValueError(f"start {start!r} is not one of {', '.join(STARTS)}")
+    def __init__(self, engine, settings: ServeSettings | None = None,
+                 owner: EngineThread | None = None, **changes):
+        """Batching by the fields ``max_batch_tokens``, ``max_wait_ms``, ``batch_start``,
+        ``max_hold_ms``, ``trim_every`` and ``search_batch`` of ``settings`` (default
+        ``ServeSettings()``) with ``changes`` (``Batcher(engine, max_wait_ms=1)``)."""
+        s = dataclasses.replace(settings or ServeSettings(), **changes)
+        if s.batch_start not in STARTS:
+            raise ValueError(f"batch_start {s.batch_start!r} is not one of {', '.join(STARTS)}")
+        if s.search_batch < 1:
+            raise ValueError(f"search_batch {s.search_batch}: at least 1 sentence")
         self.engine = engine
-        self.max_batch_tokens, self.max_wait = max_batch_tokens, max_wait_ms / 1000
-        self.start_rule, self.max_hold = start, max(max_hold_ms, max_wait_ms) / 1000
-        self.trim_every = trim_every
+        self.max_batch_tokens, self.max_wait = s.max_batch_tokens, s.max_wait_ms / 1000
+        self.start_rule, self.max_hold = s.batch_start, max(s.max_hold_ms, s.max_wait_ms) / 1000
+        self.trim_every, self.search_batch = s.trim_every, s.search_batch
         self.busy = 0.0  # seconds in engine calls
         self.pieces = pieces_of(engine)
         self.limit = getattr(engine, "max_source_tokens", None)
         self._cond = threading.Condition()
         self._inbox: list[Job] = []
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self.owner = owner  # the thread that loaded the engine runs the worker; None: a new one
+        self._worker: threading.Thread | Future | None = None
+        self._stopped = threading.Event()  # the worker has left its loop
         self.counts = {"requests": 0, "dropped": 0, "batches": 0, "sentences": 0, "failed": 0}
         self._last_done = 0.0  # when the last batch finished (monotonic seconds)
+        self._answered = 0  # requests the last batch answered
         self._delivered = 0.0  # when the last answer went out (``delivered``)
 
     def start(self) -> None:
-        """Start the worker thread (once)."""
+        """Start the worker (once): in ``owner``, else in a new thread."""
         with self._cond:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._work, name="gapless-batcher",
+            if self._worker is not None or self._closed:
+                return
+            if self.owner is not None:
+                self._worker = self.owner.submit(self._work)
+            else:
+                self._worker = threading.Thread(target=self._work, name="gapless-batcher",
                                                 daemon=True)
-                self._thread.start()
+                self._worker.start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker after its current batch; queued requests fail."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            started = self._worker is not None
+        if started:
+            self._stopped.wait(timeout)
 
     def stats(self) -> dict:
         with self._cond:
@@ -149,12 +175,18 @@ class Batcher:
 
     def delivered(self) -> None:
         """An answer has been sent (the app calls this once its response is out): with
-        ``start="quiet"`` the wait for the next batch counts from the last one."""
+        ``batch_start="quiet"`` the wait for the next batch counts from the last one."""
         self._delivered = time.monotonic()
 
     # -- the worker thread ------------------------------------------------------------------
 
     def _work(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._stopped.set()
+
+    def _loop(self) -> None:
         pending: list[Job] = []
         while True:
             new = self._wait_for_jobs(pending)
@@ -172,8 +204,7 @@ class Batcher:
 
     def _step(self, pending: list[Job], new: list[Job]) -> list[Job]:
         """Prepare ``new``, run a batch if one is ready; the jobs still pending."""
-        for job in new:
-            self._prepare(job)
+        self._prepare_all(new)
         pending = [j for j in pending + new if not j.dropped and not j.future.done()]
         batch = self._ready(pending)
         if batch:
@@ -200,6 +231,22 @@ class Batcher:
             new, self._inbox = self._inbox, []
             return new
 
+    def _prepare_all(self, jobs: list[Job]) -> None:
+        """Set each job's ``sources`` with one tokenizer call for all their lines (a call has
+        a fixed cost, whatever its size); when it fails, one call per job, so that only the
+        job that fails gets the error."""
+        full = [[line for line in job.lines if line.strip()] for job in jobs]
+        try:
+            sources = prepare([line for lines in full for line in lines], self.pieces,
+                              self.limit)
+        except Exception:  # noqa: BLE001 (each job's own call below answers its error)
+            for job in jobs:
+                self._prepare(job)
+            return
+        found = iter(sources)
+        for job in jobs:
+            job.sources = [next(found) if line.strip() else None for line in job.lines]
+
     def _prepare(self, job: Job) -> None:
         try:
             full = [line for line in job.lines if line.strip()]
@@ -220,12 +267,16 @@ class Batcher:
         """When a group that is not full may run: ``max_wait`` after its oldest job arrived
         and after the last batch finished (so the callers that batch answered can send their
         next request into this one, instead of batches alternating between two halves); with
-        ``start="quiet"`` ``max_wait`` after the newest arrival or the last answer sent
+        ``batch_start="quiet"`` ``max_wait`` after the newest arrival or the last answer sent
         (``delivered``) instead, and ``max_hold`` after the oldest arrival or the last batch
-        at the latest."""
+        at the latest; with ``batch_start="refill"`` ``max_hold`` after those until as many jobs
+        have arrived since the last batch as it answered."""
         oldest = max(pending[0].arrived, self._last_done)
         if self.start_rule == "oldest":
             return oldest + self.max_wait
+        if self.start_rule == "refill":
+            back = sum(j.arrived >= self._last_done for j in pending)
+            return oldest + (self.max_wait if back >= self._answered else self.max_hold)
         newest = max(max(j.arrived for j in pending), self._last_done, self._delivered)
         return min(newest + self.max_wait, oldest + self.max_hold)
 
@@ -255,9 +306,9 @@ class Batcher:
             self.busy += time.monotonic() - start
         if self.trim_every > 0 and self.counts["batches"] % self.trim_every == 0:
             release_free_memory()  # freed search tensors of ever-new shapes: back to the OS
+        self._last_done, self._answered = time.monotonic(), len(answers)  # before any answer
         for job, result, error in answers:
             self._answer(job, result, error)
-        self._last_done = time.monotonic()
 
     def _run_batch(self, batch: list[Job]) -> list[tuple[Job, Result | None, Exception | None]]:
         """(job, result, error) for each job of ``batch``: one engine call, or, when it fails,
@@ -275,7 +326,8 @@ class Batcher:
     def _translate(self, batch: list[Job]) -> list[Result]:
         """One engine call for the sentences of ``batch``; each job's ``Result``."""
         texts = [s.text for j in batch for s in j.sources if s is not None]
-        found = self.engine.translate_text(texts, **batch[0].settings.engine_kwargs())
+        found = self.engine.translate_text(texts, **batch[0].settings.engine_kwargs(),
+                                           batch_size=self.search_batch)
         if len(found) != len(texts):
             raise RuntimeError(f"the engine answered {len(found)} of {len(texts)} sentences")
         self.counts["batches"] += 1

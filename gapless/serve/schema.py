@@ -21,9 +21,10 @@ class ServeSettings:
     port: int = 8080
     max_batch_tokens: int = 4096  # source pieces (EOS included) in one merged search batch
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
-    batch_start: str = "oldest"  # the wait counts from: the "oldest" or the newest ("quiet")
-    max_hold_ms: float = 200.0  # "quiet": the longest a batch waits for arrivals to pause
+    batch_start: str = "refill"  # the wait ends: "refill", "oldest" or "quiet" (batcher.py)
+    max_hold_ms: float = 200.0  # "quiet", "refill": the longest a batch waits
     trim_every: int = 1  # batches between two returns of free heap to the kernel (0: never)
+    search_batch: int = 128  # sentences in one search of a merged batch (the engine's batch_size)
     max_sentences: int = 64  # sentences in one request (more: 413)
     max_chars: int = 10000  # characters in one request, all sentences together (more: 413)
     max_beam: int = 16  # the largest beam a request may ask for

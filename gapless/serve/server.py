@@ -1,8 +1,9 @@
 """Running the server: load a run's engine and serve it with uvicorn (one process, one model).
 
 Batching settings that the command line does not name come from the environment:
-``GAPLESS_SERVE_BATCH_START`` (oldest | quiet), ``GAPLESS_SERVE_MAX_HOLD_MS`` and
-``GAPLESS_SERVE_TRIM_EVERY`` (the ``ServeSettings`` fields of those names).
+``GAPLESS_SERVE_BATCH_START`` (oldest | quiet | refill), ``GAPLESS_SERVE_MAX_HOLD_MS``,
+``GAPLESS_SERVE_TRIM_EVERY`` and ``GAPLESS_SERVE_SEARCH_BATCH`` (the ``ServeSettings`` fields
+of those names).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from .. import inference
 from ..config import ConfigError
 from .app import create_app
+from .batcher import STARTS
+from .owner import EngineThread
 from .schema import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -24,12 +27,19 @@ log = logging.getLogger(__name__)
 
 SERVER_ONEDNN_CACHE = "1024"  # oneDNN's own default
 ENV_PREFIX = "GAPLESS_SERVE_"
-ENV_FIELDS = ("batch_start", "max_hold_ms", "trim_every")
+ENV_FIELDS = ("batch_start", "max_hold_ms", "trim_every", "search_batch")
+
+
+# what a value of each of ENV_FIELDS must satisfy, and how to say it
+ENV_CHECKS = {"batch_start": (lambda v: v in STARTS, f"one of {', '.join(STARTS)}"),
+              "max_hold_ms": (lambda v: v >= 0, "a number >= 0"),
+              "trim_every": (lambda v: v >= 0, "an integer >= 0 (0: never)"),
+              "search_batch": (lambda v: v >= 1, "an integer >= 1")}
 
 
 def settings_from_env(settings: ServeSettings, env: dict | None = None) -> ServeSettings:
     """``settings`` with each of ``ENV_FIELDS`` that a ``GAPLESS_SERVE_<FIELD>`` variable
-    sets (a ConfigError names a value of the wrong type)."""
+    sets (a ConfigError names a value of the wrong type or out of range)."""
     env = os.environ if env is None else env
     changes = {}
     for name in ENV_FIELDS:
@@ -37,11 +47,14 @@ def settings_from_env(settings: ServeSettings, env: dict | None = None) -> Serve
         if raw is None or raw == "":
             continue
         kind = type(getattr(settings, name))
+        valid, expected = ENV_CHECKS[name]
         try:
-            changes[name] = kind(raw)
+            value = kind(raw)
         except ValueError:
-            raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected "
-                              f"{kind.__name__}") from None
+            value = None
+        if value is None or not valid(value):
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected {expected}")
+        changes[name] = value
     return dataclasses.replace(settings, **changes)
 
 
@@ -77,23 +90,27 @@ def uvicorn_server(app, settings: ServeSettings, log_level: str = "info"):
     return uvicorn.Server(config)
 
 
-def serve(engine, settings: ServeSettings, log_level: str = "info") -> None:
-    """Serve ``engine`` until interrupted."""
+def serve(engine, settings: ServeSettings, log_level: str = "info",
+          owner: EngineThread | None = None) -> None:
+    """Serve ``engine`` until interrupted (its batches run in ``owner``, the thread that
+    loaded it, when given)."""
     log.info("serving %s on http://%s:%d", engine.describe().get("name", engine.name),
              settings.host, settings.port)
-    uvicorn_server(create_app(engine, settings), settings, log_level).run()
+    uvicorn_server(create_app(engine, settings, owner), settings, log_level).run()
 
 
 def serve_run(run: str | Path, settings: ServeSettings, checkpoint: str = "best",
               device: str = "auto", dtype: str = "fp32", engine: str = "auto") -> None:
-    """``gapless serve``: load ``run``'s model (after ``prepare_runtime``) and serve it until
-    interrupted, with ``settings`` completed by ``settings_from_env``."""
+    """``gapless serve``: load ``run``'s model (after ``prepare_runtime``) in the
+    ``EngineThread`` that will run its batches, and serve it until interrupted, with
+    ``settings`` completed by ``settings_from_env``."""
     prepare_runtime()
     settings = settings_from_env(settings)
-    model = load_model(run, checkpoint, device, dtype, engine)
+    owner = EngineThread()
+    model = owner.call(load_model, run, checkpoint, device, dtype, engine)
     if settings.run is None and Path(run, "eval").is_dir():
         settings.run = run
-    serve(model, settings)
+    serve(model, settings, owner=owner)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

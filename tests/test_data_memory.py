@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_shards import loop_token_batches  # the per-sentence loop: the reference
 
 from gapless import config as config_mod
 from gapless.corpora import synthetic_pair
@@ -27,22 +28,6 @@ from gapless.data.workers import WorkerPool
 from gapless.prepare import prepare
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
-
-def reference_batches(src_lens, tgt_lens, max_tokens, seed, epoch):
-    """The batching before the bounded-memory order: one lexsort, a loop over the rows."""
-    rng = np.random.default_rng([seed, epoch])
-    order = np.lexsort((rng.random(len(src_lens)), src_lens, tgt_lens))
-    batches, start, longest = [], 0, 0
-    for pos, i in enumerate(order):
-        length = max(src_lens[i], tgt_lens[i])
-        if pos > start and max(longest, length) * (pos - start + 1) > max_tokens:
-            batches.append(order[start:pos])
-            start, longest = pos, 0
-        longest = max(longest, length)
-    if start < len(order):
-        batches.append(order[start:])
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 @pytest.mark.parametrize("coarse", [2.0**32, 16.0])
@@ -63,7 +48,7 @@ def test_order_in_pieces_equals_the_lexsort(monkeypatch, coarse):
     assert (got == np.lexsort((np.random.default_rng([4, 2]).random(n), src, tgt))).all()
     assert stream.rng.random() == np.random.default_rng([4, 2]).random(n + 1)[-1]
     for max_tokens in (7, 64, 2048):
-        want = reference_batches(src, tgt, max_tokens, 4, 2)
+        want = loop_token_batches(src, tgt, max_tokens, 4, 2)
         assert token_batches(src, tgt, max_tokens, 4, 2) == want
 
 

@@ -240,12 +240,79 @@ def test_several_workers_give_the_same_hypotheses_in_input_order(base, tmp_path)
 
 
 def test_ct2_speed_thread_layouts():
-    from benchmarks.ct2_speed import engine_name, parse_layouts
+    from benchmarks.ct2_speed import layout_name, parse_engines, parse_layouts
 
     assert parse_layouts("", 2) == [(1, 2)]
     assert parse_layouts("1x2, 2X1", 2) == [(1, 2), (2, 1)]
     for bad in ("2", "0x2", "ax1"):
         with pytest.raises(SystemExit):
             parse_layouts(bad, 2)
-    assert engine_name("int8", (1, 2), True) == "ct2_int8"
-    assert engine_name("int8", (2, 1), False) == "ct2_int8_2x1"
+    assert layout_name((2, 1)) == "2x1"
+    assert parse_engines("ct2_int8, gapless_bf16,ct2_int8") == ["ct2_int8", "gapless_bf16"]
+    for bad in ("", "ct2_int4"):
+        with pytest.raises(SystemExit):
+            parse_engines(bad)
+
+
+def test_ct2_speed_shares_sentences_by_length_and_merges_them_back():
+    from benchmarks.ct2_speed import merge, round_order, shards
+
+    lengths = [5, 1, 9, 3, 3, 7, 2]
+    assert shards(lengths, 1) == [list(range(7))]  # one worker: all, in input order
+    two = shards(lengths, 2)  # by length 1 6 3 4 0 5 2, dealt in turn, each in input order
+    assert two == [[0, 1, 2, 3], [4, 5, 6]]
+    assert merge(two, [[f"s{i}" for i in s] for s in two], 7) == [f"s{i}" for i in range(7)]
+    for bad in ([[0, 1, 2, 3], [3, 5, 6]], [[0, 1, 2], [4, 5, 6]]):  # twice / missing
+        with pytest.raises(ValueError):
+            merge(bad, [[0] * len(s) for s in bad], 7)
+    assert round_order("abc", 0) == list("abc") and round_order("abc", 1) == list("cba")
+
+
+def test_ct2_speed_workers_start_together_or_stop_when_one_failed(tmp_path):
+    from benchmarks.ct2_speed import wait_for_all
+
+    (tmp_path / "ready.1").touch()  # the other worker is ready: no wait
+    wait_for_all(tmp_path, 0, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ready.0", "ready.1"]
+    (tmp_path / "ready.1").unlink()
+    (tmp_path / "abort").touch()  # the other one failed (the parent says so)
+    with pytest.raises(SystemExit, match="another worker failed"):
+        wait_for_all(tmp_path, 0, 2)
+
+
+def test_ct2_speed_measures_each_engine_and_layout_in_its_own_processes(base, tmp_path):
+    """gapless 2x1: two worker processes, each half of the sentences, merged back in input
+    order (greedy, one sentence per batch: the same hypotheses as one process); CTranslate2
+    in a process of its own per measurement, never the test's."""
+    import os
+
+    from benchmarks.common import split_lines
+    from benchmarks.ct2_speed import parse_args, run_benchmark
+
+    run = random_run(base, tmp_path / "run")
+    args = parse_args([str(run), "--beam", "1", "--batch-size", "1", "--threads", "1",
+                       "--layouts", "1x1,2x1", "--engines", "gapless_bf16,ct2_int8",
+                       "--pause", "0"])
+    doc, found = run_benchmark(args)
+    rows = {(r["engine"], r["layout"]): r for r in doc["results"]}
+    assert sorted(rows) == [("ct2_int8", "1x1"), ("ct2_int8", "2x1"),
+                            ("gapless_bf16", "1x1"), ("gapless_bf16", "2x1")]
+    assert rows[("gapless_bf16", "2x1")]["processes"] == 2
+    assert rows[("gapless_bf16", "2x1")]["worker_sentences"] == [10, 10]
+    assert rows[("ct2_int8", "2x1")]["processes"] == 1
+    assert rows[("gapless_bf16", "1x1")]["processes"] == 1
+    pids = [w["pid"] for runs in found.values() for r in runs for w in r["workers"]]
+    assert len(set(pids)) == len(pids) == 5 and os.getpid() not in pids
+    gapless = load(run, device="cpu", dtype="bf16")
+    ours = gapless.translate(split_lines(run, "test2016")[0], beam=1, batch_size=1)
+    assert len(set(ours)) >= 10  # the order is visible
+    assert found[("gapless_bf16", "1x1")][0]["texts"] == ours
+    assert found[("gapless_bf16", "2x1")][0]["texts"] == ours
+    assert found[("ct2_int8", "2x1")][0]["texts"] == found[("ct2_int8", "1x1")][0]["texts"]
+    same = doc["identical_hypotheses"]
+    assert same["gapless_bf16_2x1_vs_1x1"] == same["ct2_int8_2x1_vs_1x1"] == 1.0
+    best = doc["best_layout_of_each_engine"]
+    assert set(best["layouts"]) == {"gapless_bf16", "ct2_int8"}
+    assert "int8_over_gapless_bf16" in best
+    assert "int8_over_gapless_bf16" in doc["same_layout"]["2x1"]
+    assert not doc["run"].startswith("/") and str(tmp_path) not in json.dumps(doc["protocol"])

@@ -39,36 +39,71 @@ class Stepper(Protocol):
     # picks its sentence's row) to fan out to the K beams.
 
 
+def bucket(n: int) -> int:
+    """The row-count bucket of ``n``: ``n`` itself up to 8, then the next of eight sizes per
+    doubling (9, 10, ..., 16, 18, ..., 32, 36, ..., 64, 72, ...), at most 1/8 above ``n``."""
+    if n <= 8:
+        return n
+    step = 1 << (n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+def _pad_index(index: torch.Tensor, size: int) -> torch.Tensor:
+    """``index`` [n] followed by zeros up to ``size`` entries (filler rows copy row 0)."""
+    if size <= index.shape[0]:
+        return index
+    return torch.cat([index, index.new_zeros(size - index.shape[0])])
+
+
 class ModelStepper:
     """Incremental decoding of a Transformer over its KV cache. With ``repeat`` = K (beam
     search) row r belongs to sentence r // K; the encoder output, source mask and
-    cross-attention K/V stay one per sentence (the model groups the K queries)."""
+    cross-attention K/V stay one per sentence (the model groups the K queries).
+
+    The model runs on ``bucket(B')`` sentences for the B' that are active: filler sentences
+    (copies of the first) after the real ones, and their rows after the real rows, so that a
+    search meets a few matrix shapes again and again instead of a new one at nearly every
+    step (a compiled oneDNN kernel per shape). Rows never mix, so the real rows' log-probs are
+    those of an unpadded batch; the filler rows are dropped from ``step``'s answer."""
 
     first_step_per_sentence = True  # before step 0 the only state is per sentence
 
     def __init__(self, model, src: torch.Tensor, repeat: int = 1):
-        self.memory, self.src_mask = model.encode(src)  # [B,S,D], [B,S]
         self.model, self.repeat = model, repeat
+        self.sentences = src.shape[0]  # B', the real ones
+        self.padded = bucket(self.sentences)  # B* = bucket(B')
+        fill = _pad_index(torch.arange(self.sentences, device=src.device), self.padded)
+        self.memory, self.src_mask = model.encode(src.index_select(0, fill))  # [B*,S,D], [B*,S]
         self.cache = model.new_cache()
         self.t = 0
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[0]  # real rows: B' sentences x (1 or repeat)
+        if n % self.sentences:
+            raise ValueError(f"{n} rows for {self.sentences} sentences")
+        rows = n // self.sentences * self.padded
+        if rows > n:
+            tokens = torch.cat([tokens, tokens[:1].expand(rows - n)])
         hidden = self.model.decode_hidden(
             tokens[:, None], self.memory, self.src_mask, cache=self.cache, start=self.t
-        )  # [N,1,D]
+        )  # [rows,1,D]
         self.t += 1
-        return torch.log_softmax(self.model.project(hidden[:, 0]), dim=-1, dtype=torch.float32)
+        logits = self.model.project(hidden[:, 0])[:n]
+        return torch.log_softmax(logits, dim=-1, dtype=torch.float32)
 
     def reorder(self, index: torch.Tensor, rows_changed_sentence: bool) -> None:
-        self.model.reorder_cache(self.cache, index)  # applied lazily, with the next append
         if rows_changed_sentence:  # rows come in whole sentences: keep those sentences
             sentences = index.view(-1, self.repeat)[:, 0] // self.repeat
+            self.sentences, self.padded = sentences.shape[0], bucket(sentences.shape[0])
+            sentences = _pad_index(sentences, self.padded)
             for layer in self.cache:
                 for key in ("cross_k", "cross_v"):
                     if key in layer:
                         layer[key] = layer[key].index_select(0, sentences)
             self.src_mask = self.src_mask.index_select(0, sentences)
             self.memory = self.memory.index_select(0, sentences)
+        rows = index.shape[0] // self.sentences * self.padded
+        self.model.reorder_cache(self.cache, _pad_index(index, rows))  # applied lazily
 
 
 def fairseq_norm(length: int, alpha: float) -> float:

@@ -14,6 +14,7 @@ from gapless.decode import (
     Limits,
     ModelStepper,
     beam_search,
+    bucket,
     greedy_search,
     make_sampler,
     row_argmax,
@@ -363,6 +364,73 @@ def test_model_beam_scores_match_teacher_forced_rescoring():
             assert all(t not in (PAD, BOS, EOS) for t in h.tokens)
             assert h.log_prob == pytest.approx(_rescore(model, src_alone[s], h.tokens), abs=1e-4)
             assert h.score == pytest.approx(h.log_prob / (len(h.tokens) + 1), abs=1e-6)
+
+
+class UnpaddedStepper:
+    """The stepper before row buckets: the model on exactly the active rows."""
+
+    first_step_per_sentence = True
+
+    def __init__(self, model, src, repeat=1):
+        self.memory, self.src_mask = model.encode(src)
+        self.model, self.repeat = model, repeat
+        self.cache = model.new_cache()
+        self.t = 0
+
+    def step(self, tokens):
+        hidden = self.model.decode_hidden(tokens[:, None], self.memory, self.src_mask,
+                                          cache=self.cache, start=self.t)
+        self.t += 1
+        return torch.log_softmax(self.model.project(hidden[:, 0]), dim=-1, dtype=torch.float32)
+
+    def reorder(self, index, rows_changed_sentence):
+        self.model.reorder_cache(self.cache, index)
+        if rows_changed_sentence:
+            sentences = index.view(-1, self.repeat)[:, 0] // self.repeat
+            for layer in self.cache:
+                for key in ("cross_k", "cross_v"):
+                    layer[key] = layer[key].index_select(0, sentences)
+            self.src_mask = self.src_mask.index_select(0, sentences)
+            self.memory = self.memory.index_select(0, sentences)
+
+
+def test_bucket_rounds_up_by_at_most_an_eighth_to_few_sizes():
+    sizes = [bucket(n) for n in range(1, 641)]
+    assert sizes[:8] == list(range(1, 9))
+    assert all(n <= b <= n + n / 8 for n, b in zip(range(1, 641), sizes))
+    assert bucket(17) == 18 and bucket(94) == 96 and bucket(129) == 144
+    assert len(set(sizes)) <= 8 * 7 + 8  # eight per doubling
+
+
+def mild_eos_boost(lp, t):  # hypotheses of 1 to about 10 tokens: beams reorder and prune
+    lp = lp.clone()
+    lp[:, EOS] += 0.15 * t
+    return lp
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bucketed_rows_decode_the_same_ids(dtype):
+    """Filler rows change no output: the same ids (and log-probs) as the model on exactly the
+    active rows, greedy and beam, while sentences end at different steps and the active
+    sentences pass through several buckets (19 -> 20, 17 -> 18, ...)."""
+    model = tiny_model(seed=7).to(dtype)
+    lengths = [5, 3, 7, 2, 6, 9, 1, 4, 8, 3, 5, 2, 6, 7, 4, 9, 5, 3, 6]  # 19: bucket 20
+    src = padded_src(lengths, seed=8)
+    max_len = torch.tensor([3 + n % 9 for n in range(len(lengths))])
+    limits = Limits.of(len(lengths), max_len)
+    with torch.no_grad():
+        for K in (1, 4):
+            new = beam_search(ModelStepper(model, src, K), limits, K, nbest=K,
+                              step_hook=mild_eos_boost)
+            old = beam_search(UnpaddedStepper(model, src, K), limits, K, nbest=K,
+                              step_hook=mild_eos_boost)
+            assert [[h.tokens for h in x] for x in new] == [[h.tokens for h in x] for x in old]
+            assert [h.log_prob for x in new for h in x] == \
+                pytest.approx([h.log_prob for x in old for h in x], abs=1e-5)
+        new = greedy_search(ModelStepper(model, src), limits, step_hook=mild_eos_boost)
+        old = greedy_search(UnpaddedStepper(model, src), limits, step_hook=mild_eos_boost)
+    assert [h.tokens for h in new] == [h.tokens for h in old]
+    assert len({len(h.tokens) for h in new}) > 4  # sentences ended at different steps
 
 
 def test_model_batched_beam_equals_alone():

@@ -30,9 +30,10 @@ a merged batch of that many sentences or fewer, since a search's fixed cost per 
 by all its sentences. A request whose caller is gone (its task cancelled: the client
 disconnected) is dropped before its batch runs. Results are handed back with
 ``loop.call_soon_threadsafe``; a failing batch is retried one request at a time, so that only
-the request that fails gets the error. Every ``trim_every`` batches (0: never) the heap's free
-pages go back to the kernel (``release_free_memory``) before the batch's callers are answered,
-so that the server's memory between batches does not depend on which batch shapes came before.
+the request that fails gets the error. Every ``trim_every`` batches (0: never; 8 by default)
+the heap's free pages go back to the kernel (``release_free_memory``) before the batch's
+callers are answered, so that free blocks left by earlier batch shapes do not pile up; not
+after every batch, since the batch after a trim faults its working memory back in page by page.
 """
 
 from __future__ import annotations
@@ -305,7 +306,7 @@ class Batcher:
         finally:
             self.busy += time.monotonic() - start
         if self.trim_every > 0 and self.counts["batches"] % self.trim_every == 0:
-            release_free_memory()  # freed search tensors of ever-new shapes: back to the OS
+            release_free_memory()  # freed blocks of earlier batch shapes: back to the OS
         self._last_done, self._answered = time.monotonic(), len(answers)  # before any answer
         for job, result, error in answers:
             self._answer(job, result, error)

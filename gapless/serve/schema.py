@@ -23,7 +23,7 @@ class ServeSettings:
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     batch_start: str = "refill"  # the wait ends: "refill", "oldest" or "quiet" (batcher.py)
     max_hold_ms: float = 200.0  # "quiet", "refill": the longest a batch waits
-    trim_every: int = 1  # batches between two returns of free heap to the kernel (0: never)
+    trim_every: int = 8  # batches between two returns of free heap to the kernel (0: never)
     search_batch: int = 128  # sentences in one search of a merged batch (the engine's batch_size)
     max_sentences: int = 64  # sentences in one request (more: 413)
     max_chars: int = 10000  # characters in one request, all sentences together (more: 413)

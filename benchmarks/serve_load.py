@@ -21,8 +21,16 @@ loader, beam and threads, after the server has stopped. ``--also-offline-default
 same offline pass with gapless's offline runtime settings (``gapless.load`` alone);
 ``--offline-served-batches`` one that calls the engine with the server's mean batch size of
 consecutive sentences in request order (mixed lengths, as merged requests are), each call one
-search (as the server runs a merged batch of up to ``search_batch`` sentences), which tells the
-engine's cost of served batches apart from the server's own.
+search (as the server runs a merged batch of up to ``search_batch`` sentences) and with the
+server's source padding (``gapless.serve.server.pad_sources``; the other offline passes are
+``gapless translate``'s, unpadded), which tells the engine's cost of served batches apart from
+the server's own.
+
+``--rounds N`` alternates N times: a fresh server under the load, then the offline pass of the
+sentences it answered (the extra offline passes in round 1 only). The offline rate drifts
+within minutes on a shared VM, so each round's ratio pairs two neighbouring measurements and
+the median of the rounds is the verdict (``rounds``: per-round rows, the ratios' median, min
+and max); the document's other keys are round 1's, as a one-round run writes them.
 
 ``--server-env KEY=VALUE`` (repeatable) sets a variable for the server and the offline process
 alike (``OMP_WAIT_POLICY=PASSIVE``, ``GAPLESS_SERVE_BATCH_START=quiet``,
@@ -33,6 +41,7 @@ request has a timeout, and the server is stopped at the end whatever happens.
 
     python -m benchmarks.serve_load --run runs/NAME --out DIR/serve_load.json  # the protocol
     python -m benchmarks.serve_load --run runs/tiny --requests 40 --clients 4   # smoke
+    python -m benchmarks.serve_load --run runs/NAME --rounds 3  # served/offline x3, the median
 """
 
 from __future__ import annotations
@@ -93,6 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also translate offline in the server's mean batch size, in request "
                         "order (mixed lengths, as merged requests are): the engine's cost of "
                         "served batches without the server")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate the served load and the offline pass this many times (a "
+                        "fresh server each round); the median ratio is the verdict")
     p.add_argument("--offline-worker", help=argparse.SUPPRESS)  # child mode: a file of lines
     p.add_argument("--offline-chunk", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--offline-runtime", default="server", choices=["server", "default"],
@@ -318,12 +330,15 @@ def offline_worker(args) -> int:
     line with the sentences and seconds."""
     import torch
 
-    from gapless.serve.server import load_model, prepare_runtime
+    from gapless.serve.schema import ServeSettings
+    from gapless.serve.server import load_model, pad_sources, prepare_runtime, settings_from_env
 
     if args.offline_runtime == "server":
         prepare_runtime()
     torch.set_num_threads(args.threads)
     engine = load_model(args.run, args.checkpoint, args.device, args.dtype, args.engine)
+    if args.offline_chunk:  # the server's batches: its searches as well
+        pad_sources(engine, settings_from_env(ServeSettings()).source_multiple)
     lines = Path(args.offline_worker).read_text(encoding="utf-8").split("\n")
     engine.translate(lines[:8], beam=args.beam)  # warm-up
     chunk = args.offline_chunk or len(lines)
@@ -335,6 +350,8 @@ def offline_worker(args) -> int:
     reply({"sentences": len(lines), "seconds": round(seconds, 2),
            "sentences_per_second": round(len(lines) / seconds, 2),
            "sentences_per_call": chunk,
+           "source_multiple": getattr(getattr(engine, "stepper", None), "keywords", {}).get(
+               "source_multiple", 0),
            "onednn_cache": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")})
     return 0
 
@@ -373,25 +390,70 @@ def load_server(args, requests, warmup) -> tuple[Load, dict, dict]:
     return load, result, model
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.offline_worker:
-        return offline_worker(args)
-    info = machine(args.threads)
-    src, _, src_path = split_lines(args.run, args.split)
-    requests = draw_requests(src, args.requests, args.seed)
-    say("serve_load", f"{len(requests)} requests, {args.clients} clients, beam {args.beam}")
-    warmup = draw_requests(src, args.warmup_requests, args.seed + 1)
+def one_round(args, requests, warmup, extras: bool) -> dict:
+    """One round: the load on a fresh server, then the offline pass of the sentences it
+    answered (``extras``: also the ``--also-offline-default`` / ``--offline-served-batches``
+    passes). The round's figures: load, served, model, offline, offline_default_runtime,
+    offline_in_served_batches, served_over_offline."""
     load, result, model = load_server(args, requests, warmup)
     say("serve_load", f"served {result['sentences_per_second']} sentences/s, "
         f"{result['failed']} failed; offline ...")
     sent = [line for i, _, status in load.results if status == 200 for line in requests[i]]
     off = offline(args, sent, "server") if sent and not args.no_offline else None
-    off_default = offline(args, sent, "default") if sent and args.also_offline_default \
-        else None
+    off_default = offline(args, sent, "default") \
+        if sent and extras and args.also_offline_default else None
     per_batch = round(result["sentences_per_batch"] or 0)
     off_served = offline(args, sent, "server", per_batch) \
-        if sent and per_batch and args.offline_served_batches else None
+        if sent and per_batch and extras and args.offline_served_batches else None
+    ratio = round(result["sentences_per_second"] / off["sentences_per_second"], 3) \
+        if off and result["sentences_per_second"] else None
+    return {"load": load, "served": result, "model": model, "offline": off,
+            "offline_default_runtime": off_default, "offline_in_served_batches": off_served,
+            "served_over_offline": ratio}
+
+
+def round_figures(number: int, one: dict) -> dict:
+    """The JSON row of round ``number`` (from 1) of ``one_round``'s figures."""
+    served, off = one["served"], one["offline"] or {}
+    return {"round": number, "failed": served["failed"],
+            "served_sentences_per_second": served["sentences_per_second"],
+            "offline_sentences_per_second": off.get("sentences_per_second"),
+            "served_over_offline": one["served_over_offline"],
+            "engine_busy_seconds": served["engine_busy_seconds"],
+            "seconds": served["seconds"],
+            "sentences_per_busy_second": served["sentences_per_busy_second"],
+            "latency_ms_p50": served["latency_ms"]["p50"],
+            "server_memory_mb": one["load"].memory}
+
+
+def ratio_summary(ratios: list[float | None]) -> dict:
+    """Median, min and max of the rounds' served/offline ratios (None: a round without one;
+    the median of an even count is the mean of the middle two)."""
+    known = sorted(r for r in ratios if r is not None)
+    if not known:
+        return {"median": None, "min": None, "max": None}
+    mid = len(known) // 2
+    median = known[mid] if len(known) % 2 else (known[mid - 1] + known[mid]) / 2
+    return {"median": round(median, 3), "min": known[0], "max": known[-1]}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.offline_worker:
+        return offline_worker(args)
+    if args.rounds < 1:
+        raise SystemExit("--rounds: at least 1")
+    info = machine(args.threads)
+    src, _, src_path = split_lines(args.run, args.split)
+    requests = draw_requests(src, args.requests, args.seed)
+    say("serve_load", f"{len(requests)} requests, {args.clients} clients, beam {args.beam}, "
+        f"{args.rounds} round(s)")
+    warmup = draw_requests(src, args.warmup_requests, args.seed + 1)
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        rounds.append(one_round(args, requests, warmup, extras=number == 1))
+        say("serve_load", f"round {number}: served/offline {rounds[-1]['served_over_offline']}")
+    first, model = rounds[0], rounds[0]["model"]
     doc = {
         "benchmark": "serve_load", "run": relpath(args.run), "checkpoint": args.checkpoint,
         "model": {"name": model.get("name"), "engine": model.get("engine"),
@@ -402,17 +464,19 @@ def main(argv=None) -> int:
                      "dtype": args.dtype, "max_batch_tokens": args.max_batch_tokens,
                      "max_wait_ms": args.max_wait_ms, "max_seconds": args.max_seconds,
                      "warmup_requests": args.warmup_requests, "server_env": args.server_env,
+                     "rounds": args.rounds,
                      "client": "one asyncio loop, one keep-alive connection per client"},
-        "served": result, "offline": off, "offline_default_runtime": off_default,
-        "offline_in_served_batches": off_served,
-        "served_over_offline": round(result["sentences_per_second"]
-                                     / off["sentences_per_second"], 3)
-        if off and result["sentences_per_second"] else None,
-        "server_memory_mb": load.memory, "machine": finish(info),
+        **{key: first[key] for key in ("served", "offline", "offline_default_runtime",
+                                       "offline_in_served_batches", "served_over_offline")},
+        "server_memory_mb": first["load"].memory,
+        "rounds": {"per_round": [round_figures(n, one) for n, one in enumerate(rounds, 1)],
+                   "served_over_offline": ratio_summary([one["served_over_offline"]
+                                                         for one in rounds])},
+        "machine": finish(info),
     }
     emit(doc)
     write_out(doc, args.out)
-    return 0 if result["failed"] == 0 else 1
+    return 0 if all(one["served"]["failed"] == 0 for one in rounds) else 1
 
 
 def write_out(doc: dict, path: str) -> None:

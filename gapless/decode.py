@@ -55,6 +55,19 @@ def _pad_index(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([index, index.new_zeros(size - index.shape[0])])
 
 
+def pad_source(src: torch.Tensor, multiple: int, limit: int) -> torch.Tensor:
+    """src [B,S] with PAD columns appended up to the next multiple of ``multiple`` (never
+    past ``limit`` columns, the model's positions; 0: src itself), [B,S*]. The encoder and
+    the cross-attention then meet one source length per ``multiple`` (a compiled oneDNN
+    kernel per shape); the padded keys are masked like any other padding, so only the order
+    of floating-point reductions can change."""
+    S = src.shape[1]
+    size = min(-(-S // multiple) * multiple, max(limit, S)) if multiple > 0 else S
+    if size == S:
+        return src
+    return torch.cat([src, src.new_full((src.shape[0], size - S), PAD)], dim=1)
+
+
 class ModelStepper:
     """Incremental decoding of a Transformer over its KV cache. With ``repeat`` = K (beam
     search) row r belongs to sentence r // K; the encoder output, source mask and
@@ -64,16 +77,21 @@ class ModelStepper:
     (copies of the first) after the real ones, and their rows after the real rows, so that a
     search meets a few matrix shapes again and again instead of a new one at nearly every
     step (a compiled oneDNN kernel per shape). Rows never mix, so the real rows' log-probs are
-    those of an unpadded batch; the filler rows are dropped from ``step``'s answer."""
+    those of an unpadded batch; the filler rows are dropped from ``step``'s answer.
+
+    ``source_multiple`` > 0 pads the source with PAD to a multiple of that many tokens
+    (``pad_source``); 0 (training's searches) keeps its length."""
 
     first_step_per_sentence = True  # before step 0 the only state is per sentence
 
-    def __init__(self, model, src: torch.Tensor, repeat: int = 1):
+    def __init__(self, model, src: torch.Tensor, repeat: int = 1, source_multiple: int = 0):
         self.model, self.repeat = model, repeat
         self.sentences = src.shape[0]  # B', the real ones
         self.padded = bucket(self.sentences)  # B* = bucket(B')
         fill = _pad_index(torch.arange(self.sentences, device=src.device), self.padded)
-        self.memory, self.src_mask = model.encode(src.index_select(0, fill))  # [B*,S,D], [B*,S]
+        if source_multiple:
+            src = pad_source(src, source_multiple, model.cfg.max_positions)  # [B',S*]
+        self.memory, self.src_mask = model.encode(src.index_select(0, fill))  # [B*,S*,D], [B*,S*]
         self.cache = model.new_cache()
         self.t = 0
 

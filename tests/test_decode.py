@@ -17,6 +17,7 @@ from gapless.decode import (
     bucket,
     greedy_search,
     make_sampler,
+    pad_source,
     row_argmax,
     row_topk,
 )
@@ -431,6 +432,37 @@ def test_bucketed_rows_decode_the_same_ids(dtype):
         old = greedy_search(UnpaddedStepper(model, src), limits, step_hook=mild_eos_boost)
     assert [h.tokens for h in new] == [h.tokens for h in old]
     assert len({len(h.tokens) for h in new}) > 4  # sentences ended at different steps
+
+
+def test_pad_source_appends_pad_columns_up_to_a_multiple_within_the_positions():
+    src = padded_src([5, 3, 9])  # [3,9]
+    padded = pad_source(src, 8, limit=64)
+    assert padded.shape == (3, 16) and torch.equal(padded[:, :9], src)
+    assert (padded[:, 9:] == PAD).all()
+    assert pad_source(src, 0, limit=64) is src and pad_source(src, 9, limit=64) is src
+    assert pad_source(src, 8, limit=12).shape == (3, 12)  # never past the positions
+    assert pad_source(src, 8, limit=5) is src  # nor shorter than it was
+
+
+def test_source_padded_to_a_multiple_decodes_the_same_ids():
+    """A source padded with PAD columns (masked keys) gives the unpadded path's ids in fp32,
+    greedy and beam, over batches whose lengths fall in several multiples of 8; log-probs
+    equal up to the order of the longer reductions."""
+    model = tiny_model(seed=11)
+    for lengths in ([5, 3, 7, 2, 6, 9, 1, 4, 8, 3, 5], [12, 4, 17, 6], [16, 8]):
+        src = padded_src(lengths, seed=len(lengths))
+        limits = Limits.of(len(lengths), torch.tensor([3 + n % 7 for n in lengths]))
+        with torch.no_grad():
+            for K in (1, 3):
+                found = [beam_search(ModelStepper(model, src, K, source_multiple=m), limits, K,
+                                     nbest=K, step_hook=mild_eos_boost) for m in (0, 8)]
+                assert [[h.tokens for h in x] for x in found[0]] == \
+                    [[h.tokens for h in x] for x in found[1]]
+                assert [h.log_prob for x in found[1] for h in x] == \
+                    pytest.approx([h.log_prob for x in found[0] for h in x], abs=1e-5)
+            greedy = [greedy_search(ModelStepper(model, src, source_multiple=m), limits,
+                                    step_hook=mild_eos_boost) for m in (0, 8)]
+        assert [h.tokens for h in greedy[0]] == [h.tokens for h in greedy[1]]
 
 
 def test_model_batched_beam_equals_alone():

@@ -2,13 +2,16 @@
 ``refill``), one tokenizer call for the requests taken together, the heap trim before
 answering, the engine's busy time, the engine thread that loads the model and runs its
 batches, settings from the environment, merged batches (one search or several) equal to
-translating alone on a real model, and the load generator of ``benchmarks/serve_load.py``
-counting what fails."""
+translating alone on a real model, the source padded to a multiple in served searches only,
+and the load generator of ``benchmarks/serve_load.py`` counting what fails and alternating
+served and offline rounds."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
 import random
 import threading
 import time
@@ -21,6 +24,7 @@ pytest.importorskip("uvicorn")
 from benchmarks import serve_load
 from gapless.config import ConfigError, DecodeConfig
 from gapless.corpora import synthetic_pair
+from gapless.decode import ModelStepper
 from gapless.inference import Translation, Translator
 from gapless.serve import (
     Background,
@@ -375,6 +379,8 @@ def test_settings_from_the_environment():
     with pytest.raises(ConfigError, match="GAPLESS_SERVE_TRIM_EVERY"):
         settings_from_env(base, {"GAPLESS_SERVE_TRIM_EVERY": "often"})
     assert settings_from_env(base, {"GAPLESS_SERVE_SEARCH_BATCH": "64"}).search_batch == 64
+    assert base.source_multiple == 8
+    assert settings_from_env(base, {"GAPLESS_SERVE_SOURCE_MULTIPLE": "0"}).source_multiple == 0
 
 
 @pytest.mark.parametrize("name, value, expected", [
@@ -382,7 +388,8 @@ def test_settings_from_the_environment():
     ("SEARCH_BATCH", "0", "an integer >= 1"),
     ("SEARCH_BATCH", "many", "an integer >= 1"),
     ("MAX_HOLD_MS", "-5", "a number >= 0"),
-    ("TRIM_EVERY", "-1", "an integer >= 0 (0: never)")])
+    ("TRIM_EVERY", "-1", "an integer >= 0 (0: never)"),
+    ("SOURCE_MULTIPLE", "-8", "an integer >= 0 (0: unpadded)")])
 def test_a_setting_out_of_range_in_the_environment_is_named(name, value, expected):
     with pytest.raises(ConfigError) as info:
         settings_from_env(ServeSettings(), {f"GAPLESS_SERVE_{name}": value})
@@ -422,6 +429,25 @@ def test_merged_requests_get_what_each_sentence_gets_alone(translator, search_ba
     assert stats["batches"] == 1 and stats["sentences"] == sum(map(len, requests))
     for lines, result in zip(requests, results):
         assert [h[0].text for h in result.translations] == [alone[line] for line in lines]
+
+
+def test_served_searches_pad_the_source_and_offline_ones_do_not(tiny_translator):
+    """``pad_sources`` gives a Translator a stepper that pads the source to the multiple
+    (``gapless serve``'s default 8); 0 or an engine without ``ModelStepper`` stays as it is."""
+    translator = tiny_translator(beam=2, max_len_b=5)
+    assert translator.stepper is ModelStepper  # offline: unpadded
+    served = tiny_translator(beam=2, max_len_b=5)
+    server_mod.pad_sources(served, 8)
+    assert isinstance(served.stepper, functools.partial)
+    assert served.stepper.func is ModelStepper and served.stepper.keywords == {
+        "source_multiple": 8}
+    lines = [synthetic_pair(random.Random(i))[0] for i in range(7)]
+    assert served.translate(lines) == translator.translate(lines)
+    unpadded = tiny_translator(beam=2, max_len_b=5)
+    server_mod.pad_sources(unpadded, 0)
+    echo = Echo()
+    server_mod.pad_sources(echo, 8)
+    assert unpadded.stepper is ModelStepper and not hasattr(echo, "stepper")
 
 
 # -- the load generator -------------------------------------------------------------------------
@@ -512,3 +538,64 @@ def test_the_server_and_offline_environment():
     assert not args.offline_served_batches and not args.also_offline_default
     with pytest.raises(SystemExit):
         serve_load.server_env(serve_load.parse_args(["--run", "x", "--server-env", "novalue"]))
+
+
+def test_ratio_summary_of_the_rounds():
+    assert serve_load.ratio_summary([0.8, 0.7, 0.9]) == {"median": 0.8, "min": 0.7, "max": 0.9}
+    assert serve_load.ratio_summary([0.8, None, 0.7, 0.9, 0.6]) == {
+        "median": 0.75, "min": 0.6, "max": 0.9}
+    assert serve_load.ratio_summary([None]) == {"median": None, "min": None, "max": None}
+
+
+def test_rounds_alternate_the_served_load_and_the_offline_pass(monkeypatch, tmp_path,
+                                                                tiny_translator):
+    """``--rounds 3`` on the tiny model (served in this process, offline timed here): served,
+    offline, served, offline, ... (the served-batches pass in round 1 only); round 1 fills the
+    keys of a one-round document, the rounds their rows and the median ratio."""
+    translator = tiny_translator(beam=2, max_len_b=5)
+    rng = random.Random(5)
+    src = [synthetic_pair(rng)[0] for _ in range(12)]
+    order: list = []
+
+    def load_server(args, requests, warmup):
+        order.append("served")
+        app = create_app(translator, ServeSettings(max_wait_ms=2))
+        with Background(app) as url:
+            port = int(url.rsplit(":", 1)[1])
+            load = serve_load.Load(port, requests, args.beam, args.clients, 60, 30,
+                                   rss_at=args.rss_at)
+            seconds = load.run(os.getpid())
+            stats = app.state.service.batcher.stats()
+        return load, serve_load.served(load, seconds, stats, {}), {"name": "tiny"}
+
+    def offline(args, lines, runtime, chunk=0):
+        order.append(("offline", chunk))
+        start = time.perf_counter()
+        translator.translate(lines, beam=args.beam)
+        rate = len(lines) / (time.perf_counter() - start)
+        return {"sentences": len(lines), "sentences_per_second": round(rate, 2)}
+
+    monkeypatch.setattr(serve_load, "load_server", load_server)
+    monkeypatch.setattr(serve_load, "offline", offline)
+    monkeypatch.setattr(serve_load, "split_lines",
+                        lambda run, split: (src, src, tmp_path / "test.de"))
+    out = tmp_path / "rounds.json"
+    assert serve_load.main(["--run", str(tmp_path), "--requests", "8", "--clients", "2",
+                            "--beam", "2", "--rounds", "3", "--rss-at", "4",
+                            "--offline-served-batches", "--out", str(out)]) == 0
+    served_chunk = order[2][1]
+    assert order == ["served", ("offline", 0), ("offline", served_chunk),
+                     "served", ("offline", 0), "served", ("offline", 0)] and served_chunk > 0
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    rows = doc["rounds"]["per_round"]
+    assert [row["round"] for row in rows] == [1, 2, 3] and doc["protocol"]["rounds"] == 3
+    assert doc["served_over_offline"] == rows[0]["served_over_offline"]
+    assert doc["served"]["sentences_per_second"] == rows[0]["served_sentences_per_second"]
+    assert doc["offline"]["sentences_per_second"] == rows[0]["offline_sentences_per_second"]
+    assert doc["server_memory_mb"] == rows[0]["server_memory_mb"]
+    assert set(doc["server_memory_mb"]) == {"after_request_4", "after_request_8"}
+    assert doc["offline_in_served_batches"]["sentences"] == doc["served"]["sentences"]
+    ratios = sorted(row["served_over_offline"] for row in rows)
+    assert doc["rounds"]["served_over_offline"] == {"median": ratios[1], "min": ratios[0],
+                                                    "max": ratios[2]}
+    assert all(row["failed"] == 0 for row in rows)

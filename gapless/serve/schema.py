@@ -25,6 +25,7 @@ class ServeSettings:
     max_hold_ms: float = 200.0  # "quiet", "refill": the longest a batch waits
     trim_every: int = 8  # batches between two returns of free heap to the kernel (0: never)
     search_batch: int = 128  # sentences in one search of a merged batch (the engine's batch_size)
+    source_multiple: int = 8  # a search's source padded to a multiple of this (0: unpadded)
     max_sentences: int = 64  # sentences in one request (more: 413)
     max_chars: int = 10000  # characters in one request, all sentences together (more: 413)
     max_beam: int = 16  # the largest beam a request may ask for

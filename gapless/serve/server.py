@@ -2,13 +2,14 @@
 
 Batching settings that the command line does not name come from the environment:
 ``GAPLESS_SERVE_BATCH_START`` (oldest | quiet | refill), ``GAPLESS_SERVE_MAX_HOLD_MS``,
-``GAPLESS_SERVE_TRIM_EVERY`` and ``GAPLESS_SERVE_SEARCH_BATCH`` (the ``ServeSettings`` fields
-of those names).
+``GAPLESS_SERVE_TRIM_EVERY``, ``GAPLESS_SERVE_SEARCH_BATCH`` and
+``GAPLESS_SERVE_SOURCE_MULTIPLE`` (the ``ServeSettings`` fields of those names).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from .. import inference
 from ..config import ConfigError
+from ..decode import ModelStepper
 from .app import create_app
 from .batcher import STARTS
 from .owner import EngineThread
@@ -27,14 +29,15 @@ log = logging.getLogger(__name__)
 
 SERVER_ONEDNN_CACHE = "1024"  # oneDNN's own default
 ENV_PREFIX = "GAPLESS_SERVE_"
-ENV_FIELDS = ("batch_start", "max_hold_ms", "trim_every", "search_batch")
+ENV_FIELDS = ("batch_start", "max_hold_ms", "trim_every", "search_batch", "source_multiple")
 
 
 # what a value of each of ENV_FIELDS must satisfy, and how to say it
 ENV_CHECKS = {"batch_start": (lambda v: v in STARTS, f"one of {', '.join(STARTS)}"),
               "max_hold_ms": (lambda v: v >= 0, "a number >= 0"),
               "trim_every": (lambda v: v >= 0, "an integer >= 0 (0: never)"),
-              "search_batch": (lambda v: v >= 1, "an integer >= 1")}
+              "search_batch": (lambda v: v >= 1, "an integer >= 1"),
+              "source_multiple": (lambda v: v >= 0, "an integer >= 0 (0: unpadded)")}
 
 
 def settings_from_env(settings: ServeSettings, env: dict | None = None) -> ServeSettings:
@@ -99,6 +102,16 @@ def serve(engine, settings: ServeSettings, log_level: str = "info",
     uvicorn_server(create_app(engine, settings, owner), settings, log_level).run()
 
 
+def pad_sources(engine, multiple: int) -> None:
+    """Have ``engine``'s searches pad each batch's source [B,S] with PAD to a multiple of
+    ``multiple`` tokens (``gapless.decode.pad_source``; 0: unpadded, as offline). Padded keys
+    are masked, but the longer reductions can change a bf16 translation now and then, so
+    offline decoding keeps the unpadded source. An engine without gapless's ``ModelStepper``
+    (CTranslate2, a custom stepper) is left as it is."""
+    if multiple and getattr(engine, "stepper", None) is ModelStepper:
+        engine.stepper = functools.partial(ModelStepper, source_multiple=multiple)
+
+
 def serve_run(run: str | Path, settings: ServeSettings, checkpoint: str = "best",
               device: str = "auto", dtype: str = "fp32", engine: str = "auto") -> None:
     """``gapless serve``: load ``run``'s model (after ``prepare_runtime``) in the
@@ -108,6 +121,7 @@ def serve_run(run: str | Path, settings: ServeSettings, checkpoint: str = "best"
     settings = settings_from_env(settings)
     owner = EngineThread()
     model = owner.call(load_model, run, checkpoint, device, dtype, engine)
+    pad_sources(model, settings.source_multiple)
     if settings.run is None and Path(run, "eval").is_dir():
         settings.run = run
     serve(model, settings, owner=owner)

@@ -126,6 +126,9 @@ def test_an_unknown_start_rule_or_an_empty_search_is_refused():
         Batcher(Echo(), batch_start="eager")
     with pytest.raises(ValueError, match="search_batch"):
         Batcher(Echo(), search_batch=0)
+    for field in ("max_hold_ms", "trim_every", "source_multiple"):  # the checks of the env too
+        with pytest.raises(ValueError, match=field):
+            Batcher(Echo(), **{field: -1})
 
 
 def _staggered(batcher: Batcher, gap: float, n: int) -> list:

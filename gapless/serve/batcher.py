@@ -54,7 +54,6 @@ from .source import Source, pieces_of, prepare
 log = logging.getLogger(__name__)
 
 EMPTY = Translation(text="", score=0.0, log_prob=0.0, tokens=0)
-STARTS = ("oldest", "quiet", "refill")
 
 
 @dataclasses.dataclass
@@ -102,10 +101,7 @@ class Batcher:
         ``max_hold_ms``, ``trim_every`` and ``search_batch`` of ``settings`` (default
         ``ServeSettings()``) with ``changes`` (``Batcher(engine, max_wait_ms=1)``)."""
         s = dataclasses.replace(settings or ServeSettings(), **changes)
-        if s.batch_start not in STARTS:
-            raise ValueError(f"batch_start {s.batch_start!r} is not one of {', '.join(STARTS)}")
-        if s.search_batch < 1:
-            raise ValueError(f"search_batch {s.search_batch}: at least 1 sentence")
+        s.check()
         self.engine = engine
         self.max_batch_tokens, self.max_wait = s.max_batch_tokens, s.max_wait_ms / 1000
         self.start_rule, self.max_hold = s.batch_start, max(s.max_hold_ms, s.max_wait_ms) / 1000

@@ -13,6 +13,24 @@ from ..config import DecodeConfig
 FIELDS = ("text", "beam", "n_best", "len_penalty", "max_len_a", "max_len_b")
 
 
+BATCH_STARTS = ("oldest", "quiet", "refill")  # when a merged batch's wait ends (batcher.py)
+
+# what each batching field of ServeSettings must satisfy, and how to say it
+BATCHING_CHECKS = {
+    "batch_start": (lambda v: v in BATCH_STARTS, f"one of {', '.join(BATCH_STARTS)}"),
+    "max_hold_ms": (lambda v: v >= 0, "a number >= 0"),
+    "trim_every": (lambda v: v >= 0, "an integer >= 0 (0: never)"),
+    "search_batch": (lambda v: v >= 1, "an integer >= 1"),
+    "source_multiple": (lambda v: v >= 0, "an integer >= 0 (0: unpadded)"),
+}
+
+
+def batching_problem(name: str, value) -> str | None:
+    """What is wrong with ``value`` for the batching field ``name`` (None: nothing)."""
+    valid, expected = BATCHING_CHECKS[name]
+    return None if valid(value) else f"expected {expected}"
+
+
 @dataclasses.dataclass
 class ServeSettings:
     """How ``gapless serve`` listens, batches and bounds one request."""
@@ -30,6 +48,13 @@ class ServeSettings:
     max_chars: int = 10000  # characters in one request, all sentences together (more: 413)
     max_beam: int = 16  # the largest beam a request may ask for
     run: str | Path | None = None  # where eval/*.json live (default: the engine's run)
+
+    def check(self) -> None:
+        """ValueError naming the first batching field out of range (``BATCHING_CHECKS``)."""
+        for name in BATCHING_CHECKS:
+            problem = batching_problem(name, getattr(self, name))
+            if problem:
+                raise ValueError(f"{name} {getattr(self, name)!r}: {problem}")
 
     def max_body_bytes(self) -> int:
         """The largest request body read: every character JSON-escaped, plus quotes, commas

@@ -20,24 +20,16 @@ from .. import inference
 from ..config import ConfigError
 from ..decode import ModelStepper
 from .app import create_app
-from .batcher import STARTS
 from .owner import EngineThread
-from .schema import ServeSettings
+from .schema import BATCHING_CHECKS, ServeSettings, batching_problem
 
 log = logging.getLogger(__name__)
 
 
 SERVER_ONEDNN_CACHE = "1024"  # oneDNN's own default
 ENV_PREFIX = "GAPLESS_SERVE_"
-ENV_FIELDS = ("batch_start", "max_hold_ms", "trim_every", "search_batch", "source_multiple")
+ENV_FIELDS = tuple(BATCHING_CHECKS)  # the ServeSettings fields that GAPLESS_SERVE_<FIELD> sets
 
-
-# what a value of each of ENV_FIELDS must satisfy, and how to say it
-ENV_CHECKS = {"batch_start": (lambda v: v in STARTS, f"one of {', '.join(STARTS)}"),
-              "max_hold_ms": (lambda v: v >= 0, "a number >= 0"),
-              "trim_every": (lambda v: v >= 0, "an integer >= 0 (0: never)"),
-              "search_batch": (lambda v: v >= 1, "an integer >= 1"),
-              "source_multiple": (lambda v: v >= 0, "an integer >= 0 (0: unpadded)")}
 
 
 def settings_from_env(settings: ServeSettings, env: dict | None = None) -> ServeSettings:
@@ -50,13 +42,14 @@ def settings_from_env(settings: ServeSettings, env: dict | None = None) -> Serve
         if raw is None or raw == "":
             continue
         kind = type(getattr(settings, name))
-        valid, expected = ENV_CHECKS[name]
         try:
             value = kind(raw)
         except ValueError:
             value = None
-        if value is None or not valid(value):
-            raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected {expected}")
+        problem = "expected " + BATCHING_CHECKS[name][1] if value is None \
+            else batching_problem(name, value)
+        if problem:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {problem}")
         changes[name] = value
     return dataclasses.replace(settings, **changes)
 

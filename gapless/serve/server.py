@@ -31,7 +31,6 @@ ENV_PREFIX = "GAPLESS_SERVE_"
 ENV_FIELDS = tuple(BATCHING_CHECKS)  # the ServeSettings fields that GAPLESS_SERVE_<FIELD> sets
 
 
-
 def settings_from_env(settings: ServeSettings, env: dict | None = None) -> ServeSettings:
     """``settings`` with each of ``ENV_FIELDS`` that a ``GAPLESS_SERVE_<FIELD>`` variable
     sets (a ConfigError names a value of the wrong type or out of range)."""

@@ -16,10 +16,11 @@ import argparse
 import io
 import lzma
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
-RUN_FILES = ("config.yaml", "log.jsonl", "finetune.json", "eval/*.json", "data/prepare.json")
+RUN_FILES = ("config.yaml", "log.jsonl", "finetune.json", "eval/*.json")
 TOP_FILES = ("*.json", "*.md")
 
 
@@ -93,7 +94,11 @@ def main(argv=None) -> int:
     parser.add_argument("out", type=Path, help="where the evidence goes (docs/runs/NAME)")
     parser.add_argument("--hyps", action="store_true", help="also pack the hypotheses")
     args = parser.parse_args(argv)
-    written = copy_evidence(args.runs, args.out, args.hyps)
+    try:
+        written = copy_evidence(args.runs, args.out, args.hyps)
+    except (OSError, ValueError) as exc:
+        print(f"evidence: error: {exc}", file=sys.stderr)
+        return 2
     size = sum((args.out / p).stat().st_size for p in written)
     print(f"{len(written)} files, {size / 1e6:.2f} MB -> {args.out}")
     return 0

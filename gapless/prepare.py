@@ -136,7 +136,7 @@ def prepare(
         if not base.spm_model.is_file():
             raise FileNotFoundError(f"{base.spm_model}: the run to take the vocabulary from has "
                                     "no SentencePiece model")
-        key["vocab_from"] = str(Path(vocab_from).resolve())
+        key["vocab_from"] = relative_path(vocab_from)  # no folder of this machine in the report
         key["vocab_size"] = None  # the base's, whatever the config says
     train_files = paths(cfg, cfg.data.train_split)
     valid_files = paths(cfg, cfg.data.valid_split)

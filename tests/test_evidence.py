@@ -50,8 +50,7 @@ def test_copies_configs_logs_and_scores_but_no_weights_or_data(tmp_path, monkeyp
     runs = _fake_runs(tmp_path)
     written = _evidence().copy_evidence(Path("runs/sweep"), Path("docs/runs/sweep"))
     names = sorted(p.as_posix() for p in written)
-    per_run = ["config.yaml", "data/prepare.json", "eval/test2016.json", "finetune.json",
-               "log.jsonl"]
+    per_run = ["config.yaml", "eval/test2016.json", "finetune.json", "log.jsonl"]
     assert names == sorted(["base.json", "report.md"]
                            + [f"{r}/{f}" for r in ("teacher_forcing-s1", "word_oracle-s1")
                               for f in per_run])
@@ -60,6 +59,7 @@ def test_copies_configs_logs_and_scores_but_no_weights_or_data(tmp_path, monkeyp
         (runs / "word_oracle-s1" / "finetune.json").read_text()
     assert not list(out.rglob("*.safetensors")) and not list(out.rglob("*.bin"))
     assert not list(out.rglob("spm.model")) and not (out / "hyps.tar.xz").exists()
+    assert not list(out.rglob("prepare.json"))
 
 
 def test_hypotheses_packed_reproducibly(tmp_path, monkeypatch):
@@ -77,7 +77,7 @@ def test_hypotheses_packed_reproducibly(tmp_path, monkeypatch):
     assert text == "a hypothesis of word_oracle-s1\n"
 
 
-def test_refuses_a_file_naming_this_machines_path(tmp_path, monkeypatch):
+def test_refuses_a_file_naming_this_machines_path(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     runs = _fake_runs(tmp_path)
     bad = runs / "word_oracle-s1" / "eval" / "test2016.json"
@@ -85,6 +85,8 @@ def test_refuses_a_file_naming_this_machines_path(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"word_oracle-s1/eval/test2016.json:2: names"):
         _evidence().copy_evidence(Path("runs/sweep"), Path("out"))
     assert not (tmp_path / "out").exists()  # refused before writing
+    assert _evidence().main(["runs/sweep", "out"]) == 2  # the command: an error, no traceback
+    assert "test2016.json:2: names the absolute path" in capsys.readouterr().err
 
 
 def test_a_folder_without_runs_is_an_error(tmp_path):

@@ -271,6 +271,8 @@ def test_init_from_fine_tunes_with_the_base_vocabulary(prepared, tmp_path):
     assert record["kind"] == "init" and record["optimizer"] == "fresh" and record["schedule_starts_at"] == {
         "update": 0, "epoch": 1}
     assert record["base_update"] == 10
+    key = json.loads((tuned / "data" / "prepare.json").read_text())["key"]
+    assert key["vocab_from"] == os.path.relpath(base)  # no folder of this machine
     kept = tmp_path / "kept"
     train(_cfg(other, **over), kept, init_from=base, init_optimizer=True)
     assert RunDir(kept).read_log()[0]["optimizer"].startswith("restored")

@@ -211,6 +211,34 @@ def intervals(spec: dict, results: list[dict]) -> dict:
     return out
 
 
+def length_ratios(spec: dict, runs: Path, results: list[dict]) -> dict:
+    """Per method and split, descriptive: the mean length ratio (hypothesis / reference
+    length, sacreBLEU's, from each run's ``eval/<split>.json``) of the method and of the
+    reference, and the paired differences in percent of the reference length with their
+    t-interval. Runs without the figure are left out."""
+    reference, _ = endpoints(spec)
+
+    def ratio(method: str, seed: int, split: str) -> float | None:
+        path = runs / f"{method}-s{seed}" / "eval" / f"{split.replace(':', '.')}.json"
+        return json.loads(path.read_text()).get("length_ratio") if path.is_file() else None
+
+    done = {(r["method"], r["seed"]) for r in results}
+    out: dict = {}
+    for method in spec["methods"]:
+        if method == reference:
+            continue
+        out[method] = {}
+        for split in spec["splits"]:
+            pairs = [(ratio(method, s, split), ratio(reference, s, split)) for s in spec["seeds"]
+                     if (method, s) in done and (reference, s) in done]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            out[method][split] = {
+                "mean": statistics.fmean(a for a, _ in pairs) if pairs else None,
+                "reference_mean": statistics.fmean(b for _, b in pairs) if pairs else None,
+                "diff_percent": paired_interval([round(100 * (a - b), 6) for a, b in pairs])}
+    return out
+
+
 def decisions(spec: dict, stats: dict) -> dict:
     """Holm's correction over the methods on the primary split, and the protocol's verdict."""
     _, primary = endpoints(spec)
@@ -279,6 +307,7 @@ def analyse(spec: dict, runs: Path) -> tuple[dict, list[dict]]:
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "per_seed": boot,
                       "summary": bootstrap_counts(boot)},
     }
+    report["length"] = length_ratios(spec, runs, results)
     report["reading"] = reading(report)
     return report, results
 
@@ -362,7 +391,29 @@ def render_stats(report: dict) -> str:
             "| method | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for m, per in report["intervals"].items():
         out.append(f"| {m} | " + " | ".join(_cell(per[s]) for s in splits) + " |")
-    return "\n".join(out) + "\n\n" + render_bootstrap(report) + "\n"
+    return ("\n".join(out) + "\n\n" + render_lengths(report) + "\n" + render_bootstrap(report)
+            + "\n")
+
+
+def render_lengths(report: dict) -> str:
+    """Markdown: each method's length ratio and its paired difference to the reference."""
+    ref, splits, length = report["reference"], report["splits"], report.get("length") or {}
+    if not length:
+        return ""
+    title = (f"## Length ratio (hypothesis / reference), and its paired difference to {ref} "
+             "in % of the reference length (descriptive, no claim)\n")
+    out = [title, "| method | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    first = next(iter(length.values()))
+    out.append(f"| {ref} | " + " | ".join(_num(first[s]["reference_mean"], ".4f")
+                                           for s in splits) + " |")
+    for m, per in length.items():
+        cells = []
+        for s in splits:
+            d = per[s]["diff_percent"]
+            ci = "" if d["lo"] is None else f" [{d['lo']:+.2f}, {d['hi']:+.2f}]"
+            cells.append(f"{_num(per[s]['mean'], '.4f')}: {_num(d['mean'], '+.2f')}{ci}")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def _count(c: dict | None) -> str:

@@ -170,7 +170,8 @@ def _fake_runs(tmp_path: Path, missing: str) -> Path:
                 hyps = _noisy(rng, refs[split], rate)
                 (run / "eval" / f"{split}.hyp").write_text("".join(h + "\n" for h in hyps))
                 (run / "eval" / f"{split}.json").write_text(json.dumps(
-                    {"split": split, "reference": f"{split}.en"}))
+                    {"split": split, "reference": f"{split}.en",
+                     "length_ratio": round(0.9 + rate / 10 + seed / 1000, 4)}))
                 s = corpus_scores(hyps, refs[split])
                 scores[split] = {"bleu": s.bleu, "chrf": s.chrf, "signature": s.bleu_signature}
             (run / "finetune.json").write_text(json.dumps(
@@ -227,6 +228,13 @@ def test_report_from_fake_runs_names_the_missing_run(tmp_path, monkeypatch):
     assert all(r["consistent"] for seed in boot.values() for r in seed["systems"].values())
     assert report["bootstrap"]["summary"]["test2016"]["word_oracle"]["compared"] == 3
     assert "beats" in report["reading"] or "no method beats teacher_forcing" in report["reading"]
+    length = report["length"]["word_oracle"]["test2016"]  # 0.94 + s/1000 vs 0.935 + s/1000
+    assert length["mean"] == pytest.approx(0.942) and length["reference_mean"] == pytest.approx(
+        0.937)
+    assert length["diff_percent"]["n"] == 3 and length["diff_percent"]["mean"] == pytest.approx(
+        0.5)
+    assert report["length"]["ss_sample"]["test2016"]["diff_percent"]["n"] == 2  # s3 missing
+    assert "| word_oracle | 0.9420: +0.50" in md
     assert not [s for s in _strings(report) if s.startswith("/")], "absolute path in report"
     assert report["runs"] == "runs" and "/tmp" not in md
 

@@ -217,21 +217,21 @@ def length_ratios(spec: dict, runs: Path, results: list[dict]) -> dict:
     reference, and the paired differences in percent of the reference length with their
     t-interval. Runs without the figure are left out."""
     reference, _ = endpoints(spec)
-
-    def ratio(method: str, seed: int, split: str) -> float | None:
-        path = runs / f"{method}-s{seed}" / "eval" / f"{split.replace(':', '.')}.json"
-        return json.loads(path.read_text()).get("length_ratio") if path.is_file() else None
-
-    done = {(r["method"], r["seed"]) for r in results}
+    ratios = {}  # (method, seed, split) -> length ratio, each eval JSON read once
+    for r in results:
+        for split in spec["splits"]:
+            path = runs / f"{r['method']}-s{r['seed']}" / "eval" / f"{split.replace(':', '.')}.json"
+            found = json.loads(path.read_text()).get("length_ratio") if path.is_file() else None
+            if found is not None:
+                ratios[r["method"], r["seed"], split] = found
     out: dict = {}
     for method in spec["methods"]:
         if method == reference:
             continue
         out[method] = {}
         for split in spec["splits"]:
-            pairs = [(ratio(method, s, split), ratio(reference, s, split)) for s in spec["seeds"]
-                     if (method, s) in done and (reference, s) in done]
-            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            pairs = [(ratios[method, s, split], ratios[reference, s, split]) for s in spec["seeds"]
+                     if (method, s, split) in ratios and (reference, s, split) in ratios]
             out[method][split] = {
                 "mean": statistics.fmean(a for a, _ in pairs) if pairs else None,
                 "reference_mean": statistics.fmean(b for _, b in pairs) if pairs else None,
@@ -397,7 +397,7 @@ def render_stats(report: dict) -> str:
 
 def render_lengths(report: dict) -> str:
     """Markdown: each method's length ratio and its paired difference to the reference."""
-    ref, splits, length = report["reference"], report["splits"], report.get("length") or {}
+    ref, splits, length = report["reference"], report["splits"], report["length"]
     if not length:
         return ""
     title = (f"## Length ratio (hypothesis / reference), and its paired difference to {ref} "

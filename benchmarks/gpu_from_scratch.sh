@@ -197,17 +197,24 @@ def collect(out: Path, wall_s: float) -> int:
            "missing": report["missing"], "short": short, "complete": not (report["missing"]
                                                                           or short),
            "statistics": report, "wall_s": round(wall_s, 1)}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "from_scratch.json", json.dumps(doc, indent=1))
-    atomic_write_text(out / "from_scratch.md", ft.render(report, ft.table(spec, None, results)))
-    print(report["reading"])
-    if doc["complete"]:
-        return 0
     errors = [str(R / n / "error.txt") for n in report["missing"]
               if (R / n / "error.txt").is_file()]
     problems = ([f"missing runs {report['missing']}"] if report["missing"] else []) + (
         [f"their errors: {', '.join(errors)}"] if errors else []) + (
-        [f"cut short by train.max_minutes: {short}"] if short else [])
+        [f"cut short by train.max_minutes: {', '.join(short)} (updates "
+         f"{', '.join(str(doc['runs'][n]['updates']) for n in short)} of {SETUP.updates})"]
+        if short else [])
+    md = ft.render(report, ft.table(spec, None, results))
+    if problems:  # said first in the report, not only on stderr
+        title, _, body = md.partition("\n")
+        md = (f"{title}\n\n**Not the protocol's result**: " + "; ".join(problems)
+              + ". The figures of those runs are not the protocol's.\n" + body)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "from_scratch.json", json.dumps(doc, indent=1))
+    atomic_write_text(out / "from_scratch.md", md)
+    print(report["reading"])
+    if doc["complete"]:
+        return 0
     print("gpu_from_scratch: not the protocol's result: " + "; ".join(problems), file=sys.stderr)
     return 1
 

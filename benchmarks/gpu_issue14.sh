@@ -5,7 +5,7 @@
 #   1. the from-scratch comparison (section 4): benchmarks/gpu_from_scratch.sh, nice 0. Its
 #      trainings are the only timed ones (train.max_minutes caps them; a capped run is named).
 #   2. the two claims at the peers' size (section 5): experiments/claims.py, one process per
-#      claim x arm x seed (8), nice 5, from one shared preparation.
+#      claim x seed (4; its two arms one after the other), nice 5, from one shared preparation.
 #   3. the harder fine-tune protocol (section 2): experiments/finetune.py with
 #      configs/finetune/hard_multi30k_de_en.yaml, one process per seed (3), nice 10, from BASE
 #      (the base run: config, vocabulary, encoded data and its best checkpoint's weights).
@@ -48,7 +48,7 @@ spec.loader.exec_module(claims)
 claims.shared_data(claims.Spec.read(sys.argv[1]), Path(sys.argv[2]))
 PY
   for claim in layernorm tying; do for seed in 1 2; do
-    # one process per arm: the spec's arms run one after another within a claims.py call
+    # one process per claim x seed: its two arms run one after the other
     nice -n 5 $PY experiments/claims.py "$CLAIMS" --runs "$W/claims" --claims $claim \
       --seeds $seed > "$W/claims_${claim}_s$seed.out" 2>&1 &
     LANES+=($!)

@@ -1,6 +1,6 @@
 """Copy the small evidence of a folder of runs into ``docs/runs/<name>/`` for committing: per run
-its resolved ``config.yaml``, ``log.jsonl``, ``finetune.json`` and the eval JSON; the folder's
-own JSON and Markdown (report, base scores); optionally every hypothesis file packed into one
+its resolved ``config.yaml``, ``log.jsonl``, ``finetune.json`` or ``claim.json`` and the eval
+JSON; the folder's own JSON and Markdown (report, base scores); optionally every hypothesis file packed into one
 reproducible ``hyps.tar.xz`` (so that the paired bootstrap can be rerun). Never checkpoints,
 SentencePiece models or encoded data.
 
@@ -20,7 +20,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-RUN_FILES = ("config.yaml", "log.jsonl", "finetune.json", "eval/*.json")
+RUN_FILES = ("config.yaml", "log.jsonl", "finetune.json", "claim.json", "eval/*.json")
 TOP_FILES = ("*.json", "*.md")
 
 

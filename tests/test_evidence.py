@@ -39,6 +39,11 @@ def _fake_runs(root: Path) -> Path:
         (run / "data" / "prepare.json").write_text("{}\n")
         (run / "data" / "train" / "src.bin").write_bytes(b"\1" * 64)
         (run / "spm.model").write_bytes(b"\2" * 64)
+    claim = runs / "tying-tied-s1"  # experiments/claims.py's run: claim.json, no finetune.json
+    (claim / "eval").mkdir(parents=True)
+    (claim / "config.yaml").write_text("name: y\n")
+    (claim / "claim.json").write_text('{"claim": "tying"}\n')
+    (claim / "eval" / "valid.json").write_text("{}\n")
     (runs / "base.json").write_text("{}\n")
     (runs / "report.md").write_text("# report\n")
     (runs / "sweep.log").write_text("not evidence\n")
@@ -53,7 +58,9 @@ def test_copies_configs_logs_and_scores_but_no_weights_or_data(tmp_path, monkeyp
     per_run = ["config.yaml", "eval/test2016.json", "finetune.json", "log.jsonl"]
     assert names == sorted(["base.json", "report.md"]
                            + [f"{r}/{f}" for r in ("teacher_forcing-s1", "word_oracle-s1")
-                              for f in per_run])
+                              for f in per_run]
+                           + ["tying-tied-s1/claim.json", "tying-tied-s1/config.yaml",
+                              "tying-tied-s1/eval/valid.json"])
     out = tmp_path / "docs" / "runs" / "sweep"
     assert (out / "word_oracle-s1" / "finetune.json").read_text() == \
         (runs / "word_oracle-s1" / "finetune.json").read_text()

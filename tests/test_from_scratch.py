@@ -141,3 +141,21 @@ def test_a_wrong_or_incomplete_method_list_fails_before_training(tmp_path, metho
         proc.stderr)
     assert not (tmp_path / "out" / "from_scratch.json").exists()
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["from_scratch.py"]
+
+
+def test_a_run_cut_short_is_named_first_in_the_report(dry, tmp_path):
+    root, doc = dry
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    cut = runs / "sentence_oracle-s2" / "finetune.json"
+    record = json.loads(cut.read_text())
+    record["updates"] = record["planned_updates"] - 3  # what train.max_minutes leaves
+    cut.write_text(json.dumps(record))
+    proc = script(tmp_path / "out", runs, COLLECT_ONLY="1")
+    assert proc.returncode == 1 and "cut short by train.max_minutes" in proc.stderr
+    new = json.loads((tmp_path / "out" / "from_scratch.json").read_text())
+    assert new["short"] == ["sentence_oracle-s2"] and not new["complete"]
+    md = (tmp_path / "out" / "from_scratch.md").read_text().splitlines()
+    assert md[0].startswith("# ") and md[2].startswith("**Not the protocol's result**")
+    assert f"sentence_oracle-s2 (updates {record['updates']} of" in md[2]
+    assert not (root / "out" / "from_scratch.md").read_text().count("Not the protocol")

@@ -144,7 +144,7 @@ def test_a_wrong_or_incomplete_method_list_fails_before_training(tmp_path, metho
 
 
 def test_a_run_cut_short_is_named_first_in_the_report(dry, tmp_path):
-    root, doc = dry
+    root, _ = dry
     runs = tmp_path / "runs"
     shutil.copytree(root / "runs", runs)
     cut = runs / "sentence_oracle-s2" / "finetune.json"

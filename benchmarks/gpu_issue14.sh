@@ -15,7 +15,8 @@
 # Usage (device machine, repo root):
 #   GAPLESS_DATA=DIR BASE=DIR OUT=DIR bash benchmarks/gpu_issue14.sh
 # Options: DEADLINE (s, default 480), RUNS_DIR (default /tmp/g14), SKIP=claims,hard (sweeps not
-# to run), DRY_RUN=1 (the from-scratch script's own CPU dry run; the other two start as given).
+# to run), DRY_RUN=1 (the from-scratch script's own CPU dry run), CLAIMS_SPEC / HARD_SPEC (other
+# spec files: tests/test_gpu_issue14.py runs a tiny claims spec beside the dry run).
 # Output ($OUT, few files, as the device tool returns at most 8): evidence.tar.gz (every run's
 # config, log, scores, hypotheses and each sweep's report; no checkpoints, no encoded data),
 # summary.txt (the three reports' text and the exit statuses), gpu.txt.
@@ -27,8 +28,12 @@ SKIP=${SKIP:-}
 PY=${PYTHON:-python3}
 BASE=${BASE:-}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-CLAIMS=configs/claims/layernorm_tying.yaml
-HARD=configs/finetune/hard_multi30k_de_en.yaml
+CLAIMS=${CLAIMS_SPEC:-configs/claims/layernorm_tying.yaml}
+HARD=${HARD_SPEC:-configs/finetune/hard_multi30k_de_en.yaml}
+if [[ ",$SKIP," != *,hard,* && ! -d "$BASE" ]]; then  # before anything starts
+  echo "gpu_issue14: BASE='$BASE' is not a folder (the harder protocol's base run; or SKIP=hard)" >&2
+  exit 2
+fi
 START=$SECONDS
 command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/gpu.txt" 2>&1
 
@@ -55,7 +60,6 @@ PY
   done; done
 fi
 if [[ ",$SKIP," != *,hard,* ]]; then
-  [ -d "$BASE" ] || { echo "gpu_issue14: BASE=$BASE is not a folder" >&2; exit 2; }
   # seed 1 scores the base first (base.json); the other seeds start once it is there
   nice -n 10 $PY experiments/finetune.py "$HARD" --base "$BASE" --runs "$W/hard" --seeds 1 \
     --keep-checkpoints none > "$W/hard_s1.out" 2>&1 &

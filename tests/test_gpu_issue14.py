@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import tarfile
@@ -27,15 +26,9 @@ def _run(tmp: Path, **env: str) -> subprocess.CompletedProcess:
 
 def _tiny_claims_spec(tmp: Path) -> Path:
     """The shipped claims spec on the tiny preset and a generated corpus, 4 updates a run."""
-    from gapless.corpora import synthetic_pair
+    from gapless.corpora import write_synthetic
 
-    corpus = tmp / "corpus"
-    corpus.mkdir()
-    rng = random.Random(5)
-    for split, n in (("train", 200), ("valid", 10), ("test2016", 10)):
-        pairs = [synthetic_pair(rng) for _ in range(n)]
-        for lang, col in (("de", 0), ("en", 1)):
-            (corpus / f"{split}.{lang}").write_text("".join(p[col] + "\n" for p in pairs))
+    corpus = write_synthetic(tmp / "corpus", (("train", 200), ("valid", 10), ("test2016", 10)))
     data = yaml.safe_load((REPO / "configs/claims/layernorm_tying.yaml").read_text())
     data.update(preset="tiny", splits=["valid", "test2016"], eval_dtype="fp32", common={
         "train.max_updates": 4, "train.max_minutes": 0, "train.lr": 1e-2, "train.warmup": 2,
@@ -63,8 +56,8 @@ def test_claims_beside_the_dry_run_packed_without_weights(tmp_path):
                 f"claims/{run}/eval/valid.json"} <= names, run
     assert claim["updates"] == 4 and claim["arm"] == "untied" and claim["seed"] == 2
     assert "scratch_out/from_scratch.json" in names and "claims/report.json" in names
-    assert not [n for n in names if n.endswith(".safetensors") or "/checkpoints/" in n
-                or "/data/" in n or "_prepared" in n or n.endswith("spm.model")]
+    assert not [n for n in names if n.endswith((".safetensors", "spm.model"))
+                or "/checkpoints/" in n or "/data/" in n or "_prepared" in n]
     summary = (out / "summary.txt").read_text()
     assert "== from scratch (rc 0)" in summary and "== hard protocol" not in summary
     assert "## layernorm: **" in summary and "## tying: **" in summary

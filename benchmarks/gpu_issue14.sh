@@ -16,7 +16,9 @@
 #   GAPLESS_DATA=DIR BASE=DIR OUT=DIR bash benchmarks/gpu_issue14.sh
 # Options: DEADLINE (s, default 480), RUNS_DIR (default /tmp/g14), SKIP=claims,hard (sweeps not
 # to run), DRY_RUN=1 (the from-scratch script's own CPU dry run), CLAIMS_SPEC / HARD_SPEC (other
-# spec files: tests/test_gpu_issue14.py runs a tiny claims spec beside the dry run).
+# spec files: tests/test_gpu_issue14.py runs a tiny claims spec beside the dry run),
+# RESUME_FROM=DIR (an earlier call's runs, laid out as RUNS_DIR: scratch/, claims/, hard/; copied
+# in first, so that only the runs without their record -- finetune.json, claim.json -- train).
 # Output ($OUT, few files, as the device tool returns at most 8): evidence.tar.gz (every run's
 # config, log, scores, hypotheses and each sweep's report; no checkpoints, no encoded data),
 # summary.txt (the three reports' text and the exit statuses), gpu.txt.
@@ -33,6 +35,10 @@ HARD=${HARD_SPEC:-configs/finetune/hard_multi30k_de_en.yaml}
 if [[ ",$SKIP," != *,hard,* && ! -d "$BASE" ]]; then  # before anything starts
   echo "gpu_issue14: BASE='$BASE' is not a folder (the harder protocol's base run; or SKIP=hard)" >&2
   exit 2
+fi
+if [ -n "${RESUME_FROM:-}" ]; then  # finished runs of an earlier call: skipped, not retrained
+  [ -d "$RESUME_FROM" ] || { echo "gpu_issue14: RESUME_FROM='$RESUME_FROM' is not a folder" >&2; exit 2; }
+  cp -rn "$RESUME_FROM"/. "$W"/
 fi
 START=$SECONDS
 command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/gpu.txt" 2>&1

@@ -68,3 +68,24 @@ def test_a_missing_base_is_refused_before_anything_starts(tmp_path):
     proc = _run(tmp_path, SKIP="claims", BASE=str(tmp_path / "no_such_run"))
     assert proc.returncode == 2 and "is not a folder" in proc.stderr
     assert not (tmp_path / "runs" / "scratch").exists()
+
+
+def test_resume_from_an_earlier_call_trains_nothing_finished(tmp_path):
+    spec = str(_tiny_claims_spec(tmp_path))
+    first = _run(tmp_path / "a", SKIP="hard", CLAIMS_SPEC=spec, DEADLINE="600")
+    assert first.returncode == 0, first.stderr[-2000:]
+    log = tmp_path / "a" / "runs" / "claims" / "tying-tied-s1" / "log.jsonl"
+    record = tmp_path / "a" / "runs" / "scratch" / "sentence_oracle-s2" / "finetune.json"
+    record.unlink()  # one run of the earlier call that did not finish
+    second = _run(tmp_path / "b", SKIP="hard", CLAIMS_SPEC=spec, DEADLINE="600",
+                  RESUME_FROM=str(tmp_path / "a" / "runs"))
+    assert second.returncode == 0, second.stderr[-2000:]
+    runs = tmp_path / "b" / "runs"
+    assert (runs / "claims" / "tying-tied-s1" / "log.jsonl").read_text() == log.read_text()
+    lanes = "".join(p.read_text() for p in (runs / "scratch").glob("lane*.out"))
+    assert '"run": "sentence_oracle-s2"' in lanes  # retrained: its record was missing
+    assert lanes.count('"run": ') == 1  # and nothing else
+    assert json.loads((runs / "scratch" / "sentence_oracle-s2" / "finetune.json").read_text())[
+        "updates"] > 0
+    bad = _run(tmp_path / "c", SKIP="hard,claims", RESUME_FROM=str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and "RESUME_FROM" in bad.stderr

@@ -26,6 +26,7 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -41,10 +42,12 @@ from gapless.analysis.paired import (
     paired_interval,
 )
 from gapless.checkpoint import RunDir, atomic_write_text
+from gapless.config import StrategyConfig
 from gapless.corpora import split_paths
 from gapless.data import read_lines
 from gapless.evaluate import evaluate, score_split
 from gapless.inference import load
+from gapless.strategies import STRATEGIES, same_computation
 from gapless.textio import relative_path
 from gapless.training import train
 
@@ -308,8 +311,22 @@ def analyse(spec: dict, runs: Path) -> tuple[dict, list[dict]]:
                       "summary": bootstrap_counts(boot)},
     }
     report["length"] = length_ratios(spec, runs, results)
+    report["same_computation"] = same_computation(strategy_configs(spec))
     report["reading"] = reading(report)
     return report, results
+
+
+def strategy_configs(spec: dict) -> dict[str, StrategyConfig]:
+    """Each method's strategy settings: the spec's common and own ``strategy.*`` overrides
+    (methods naming no known strategy left out: training refuses them anyway)."""
+    out = {}
+    for method, own in spec["methods"].items():
+        merged = {**spec.get("common", {}), **(own or {})}
+        cfg = StrategyConfig(**{k.split(".", 1)[1]: v for k, v in merged.items()
+                                if k.startswith("strategy.")})
+        if cfg.name in STRATEGIES:
+            out[method] = cfg
+    return out
 
 
 def _plural(n: int, word: str) -> str:
@@ -357,6 +374,10 @@ def reading(report: dict) -> str:
         parts.append(f"sacreBLEU's paired bootstrap per seed on {primary} finds {sig} of "
                      f"{compared} method-seed comparisons significant at {report['alpha']} "
                      f"({up} in the method's favour, {sig - up} against).")
+    for group in report.get("same_computation", []):
+        parts.append(f"{_names(group)} are one computation in this spec (equal strategy "
+                     "signatures): their runs are identical for a seed, and Holm's correction "
+                     "counts them more than once.")
     secondary = [s for s in report["splits"] if s != primary]
     if secondary:
         parts.append(f"The secondary splits ({', '.join(secondary)}) are reported with the "
@@ -487,6 +508,9 @@ def sweep(spec: dict, args, runs: Path) -> None:
     methods = parse_selection(args.methods, list(spec["methods"]), "methods")
     keep = set(parse_selection(args.keep_checkpoints, spec["seeds"], "seeds")
                if args.keep_checkpoints.lower() != "none" else [])
+    for group in same_computation(strategy_configs(spec)):  # said before hours of training
+        print(f"finetune: warning: {_names(group)} are one computation in this spec (equal "
+              "strategy signatures); their runs will be identical for a seed", file=sys.stderr)
     base_scores(spec, base, runs)
     for seed in seeds:
         for method in methods:

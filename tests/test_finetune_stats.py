@@ -287,3 +287,23 @@ def test_selection_and_tidy(tmp_path):
     left = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
     assert left == ["config.yaml", "eval", "eval/test2016.hyp", "eval/test2016.json",
                     "finetune.json", "log.jsonl"]
+
+
+def test_methods_that_are_one_computation_are_named():
+    """The harder spec's ss_sample and word_oracle share schedule and temperature: the report
+    (and the sweep, before training) says they are one computation; the powered spec's differ."""
+    import yaml
+
+    ft = _finetune()
+    hard = yaml.safe_load((ROOT / "configs/finetune/hard_multi30k_de_en.yaml").read_text())
+    powered = yaml.safe_load((ROOT / "configs/finetune/powered_multi30k_de_en.yaml").read_text())
+    assert ft.same_computation(ft.strategy_configs(hard)) == [["ss_sample", "word_oracle"]]
+    assert ft.same_computation(ft.strategy_configs(powered)) == []
+    report = {"reference": "teacher_forcing", "primary": "test2016", "alpha": 0.05,
+              "missing": [], "planned_runs": 6, "splits": ["test2016"], "decisions": {},
+              "intervals": {}, "bootstrap": {"summary": {}},
+              "same_computation": [["ss_sample", "word_oracle"]]}
+    assert "ss_sample and word_oracle are one computation" in ft.reading(report)
+    fake = {"methods": {"teacher_forcing": {"strategy.name": "teacher_forcing"},
+                        "mystery": {"strategy.name": "not_a_strategy"}}}
+    assert list(ft.strategy_configs(fake)) == ["teacher_forcing"]

@@ -977,3 +977,30 @@ def test_train_end_to_end_logs_mrt_and_cass_stats(name, keys, tiny_corpus, tmp_p
         assert math.isfinite(r["loss"])
     if name == "minimum_risk":
         assert all(0.0 <= r["mrt_risk"] <= 1.0 for r in records)
+
+
+# ----------------------------------------------------------------------------------------------
+# signatures: equal ones train identically
+
+
+def test_equal_signatures_mean_the_same_loss_and_gradients():
+    """The word oracle on scheduled sampling's schedule is scheduled sampling's sample input:
+    equal signatures, and the same loss and gradients from the same seed."""
+    from gapless.strategies import same_computation
+
+    ss = StrategyConfig(name="scheduled_sampling", predicted="sample",
+                        schedule="inverse_sigmoid", half_at=4)
+    oracle = StrategyConfig(name="word_oracle", schedule="inverse_sigmoid", half_at=4)
+    assert build_strategy(ss).signature() == build_strategy(oracle).signature()
+    model, batch = _model(), _batch()
+    _assert_same(_loss_and_grads(model, build_strategy(ss), batch),
+                 _loss_and_grads(model, build_strategy(oracle), batch))
+    hotter = StrategyConfig(name="word_oracle", schedule="inverse_sigmoid", half_at=4,
+                            temperature=0.5)
+    own_schedule = StrategyConfig(name="word_oracle")  # OR-NMT's decay per epoch
+    argmax = StrategyConfig(name="scheduled_sampling", schedule="inverse_sigmoid", half_at=4)
+    configs = {"ss": ss, "oracle": oracle, "hotter": hotter, "own": own_schedule,
+               "argmax": argmax, "sentence": StrategyConfig(name="sentence_oracle"),
+               "tf": StrategyConfig(name="teacher_forcing")}
+    assert same_computation(configs) == [["ss", "oracle"]]
+    assert build_strategy(own_schedule).signature()["schedule_unit"] == "epoch"

@@ -10,6 +10,8 @@ Shapes: B sentences, T target slots (``tgt_in`` = [BOS, y1 .. y_{T-1}]), D model
 
 from __future__ import annotations
 
+import json
+
 from ..config import StrategyConfig, register_choices
 from ..schedules import Progress
 from .base import ExtraLoss, Strategy, TeacherForcing
@@ -23,8 +25,8 @@ __all__ = [
     "PREDICTED", "STRATEGIES", "ConfidenceAware", "ExtraLoss", "MinimumRisk", "Progress",
     "ScheduledSampling", "SentenceOracle", "Strategy", "TeacherForcing", "WordOracle",
     "build_strategy", "candidate_log_probs", "categorical_sample", "expected_risk",
-    "fed_positions", "first_occurrences", "gumbel_noise", "mix", "scatter_predicted",
-    "search_model", "searching", "sentence_tokens", "topk_weights",
+    "fed_positions", "first_occurrences", "gumbel_noise", "mix", "same_computation",
+    "scatter_predicted", "search_model", "searching", "sentence_tokens", "topk_weights",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -45,3 +47,13 @@ def build_strategy(cfg: StrategyConfig) -> Strategy:
     if cfg.name not in STRATEGIES:
         raise ValueError(f"unknown strategy {cfg.name!r} (known: {', '.join(STRATEGIES)})")
     return STRATEGIES[cfg.name](cfg)
+
+
+def same_computation(configs: dict[str, StrategyConfig]) -> list[list[str]]:
+    """Groups (two or more names, in the given order) of ``configs`` whose strategies have equal
+    signatures: they train identically from the same seed."""
+    groups: dict[str, list[str]] = {}
+    for name, cfg in configs.items():
+        key = json.dumps(build_strategy(cfg).signature(), sort_keys=True, default=str)
+        groups.setdefault(key, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]

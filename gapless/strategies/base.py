@@ -3,6 +3,7 @@ is logged and what a checkpoint keeps; teacher forcing is the protocol's default
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import NamedTuple
 
 import torch
@@ -56,6 +57,12 @@ class Strategy:
     def stats(self) -> dict:
         """Figures to log for the last interval (replaced fraction, p, ...)."""
         return {}
+
+    def signature(self) -> dict:
+        """What fixes this strategy's computation: two strategies whose signatures are equal
+        train identically from the same seed (a comparison of the two compares a method with
+        itself). The class and every setting but the registry name, which only picks them."""
+        return {**asdict(self.cfg), "name": None, "class": type(self).__name__}
 
     def state_dict(self) -> dict:
         """JSON-able state a checkpoint must keep for exact resume (e.g. cached oracles)."""

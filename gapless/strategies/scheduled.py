@@ -8,7 +8,7 @@ import torch
 from ..config import StrategyConfig
 from ..data import BOS, PAD
 from ..decode import row_argmax
-from ..schedules import Progress, gold_probability, step_probability
+from ..schedules import Progress, gold_probability, resolve, step_probability
 from .base import Strategy
 from .predicted import PREDICTED
 
@@ -168,6 +168,12 @@ class ScheduledSampling(Strategy):
         for key, value in add.items():
             self._sums[key] = self._sums.get(key, 0) + value
 
+    def signature(self) -> dict:
+        """The base's, with the input kind and the schedule as used (``auto`` resolved)."""
+        schedule, unit = resolve(self.cfg, self.default_schedule)
+        return {**super().signature(), "predicted": self.predicted, "schedule": schedule,
+                "schedule_unit": unit}
+
     def stats(self) -> dict:
         """Since the last call: p_gold (mean p over non-pad, non-BOS slots), replaced (fraction
         of those slots fed a prediction), pred_differs (fraction of the fed predictions that
@@ -193,3 +199,8 @@ class WordOracle(ScheduledSampling):
     def __init__(self, cfg: StrategyConfig):
         super().__init__(cfg)
         self.predicted = "sample"
+
+    def signature(self) -> dict:
+        """Scheduled sampling's: only the defaults differ (the sample input, OR-NMT's decay), so
+        on the same schedule and temperature the two are one computation."""
+        return {**super().signature(), "class": ScheduledSampling.__name__}

@@ -1,8 +1,8 @@
 """Copy the small evidence of a folder of runs into ``docs/runs/<name>/`` for committing: per run
 its resolved ``config.yaml``, ``log.jsonl``, ``finetune.json`` or ``claim.json`` and the eval
-JSON; the folder's own JSON and Markdown (report, base scores); optionally every hypothesis file packed into one
-reproducible ``hyps.tar.xz`` (so that the paired bootstrap can be rerun). Never checkpoints,
-SentencePiece models or encoded data.
+JSON; the folder's own JSON and Markdown (report, base scores); optionally every hypothesis
+file packed into one reproducible ``hyps.tar.xz`` (so that the paired bootstrap can be rerun).
+Never checkpoints, SentencePiece models or encoded data.
 
     python experiments/evidence.py runs/powered_de_en docs/runs/powered_de_en --hyps
 

@@ -23,7 +23,9 @@
 #   DRY_RUN=1 OUT=DIR RUNS_DIR=DIR PYTHON=.venv/bin/python bash benchmarks/gpu_from_scratch.sh
 # Options: METHODS=teacher_forcing,word_oracle (a subset; teacher forcing is required),
 # LANES=N (processes at once; default all runs, 2 in a dry run), COLLECT_ONLY=1 (no training:
-# rewrite the JSON from the runs in RUNS_DIR). A finished run (finetune.json) is not retrained.
+# rewrite the JSON from the runs in RUNS_DIR), MAX_MINUTES (the safety cap, default 5.5: raise
+# it when fewer runs share the call, e.g. only the sentence oracle's). A finished run
+# (finetune.json) is not retrained.
 # Output: $OUT/from_scratch.json, from_scratch.md, tails.txt, gpu.txt; runs/NAME/ (hypotheses, log).
 source "$(dirname "$0")/gpu_common.sh"
 PY=${PYTHON:-python3}
@@ -74,8 +76,9 @@ class Setup:
     beam: int = 5
 
 
+CAP = float(os.environ.get("MAX_MINUTES", "5.5"))  # the safety cap; the budget is the updates
 GPU = Setup("multi30k_de_en", 1300, {
-    **RUN, "train.max_updates": 1300, "train.max_minutes": 5.5, "train.max_tokens": 4096,
+    **RUN, "train.max_updates": 1300, "train.max_minutes": CAP, "train.max_tokens": 4096,
     "train.lr": 2e-3, "train.warmup": 500})
 DRY = Setup("tiny", 8, {
     **RUN, "train.max_updates": 8, "train.max_minutes": 0, "train.lr": 1e-2, "train.warmup": 2,

@@ -6,8 +6,8 @@ paired difference to the reference method (95% t-interval over seeds; descriptiv
     python experiments/diagnose_summary.py configs/finetune/powered_multi30k_de_en.yaml \
         --runs runs/powered_de_en --seeds 1,2,3 --out docs/diagnose_powered
 
-Reads ``RUNS/METHOD-sSEED/diagnose/SPLIT/diagnose.json``; writes ``OUT/summary.md`` and every
-number in ``OUT/summary.json``. A run without its diagnose.json is named as missing and left
+Reads ``RUNS/METHOD-sSEED/diagnose/SPLIT/diagnose.json``; writes ``OUT/summary.md`` with its two
+figures (``beam_curve.png``, ``gap_by_length.png``) and every number in ``OUT/summary.json``. A run without its diagnose.json is named as missing and left
 out of the means.
 """
 
@@ -38,6 +38,7 @@ def per_run(diag: dict) -> dict:
         "ratio_by_beam": {str(k): b["length_ratio"] for k, b in sorted(beams.items())},
         "gap_pp": round(100 * gap["gap"], 3),
         "gap_pp_by_bucket": {b["bucket"]: round(100 * b["gap"], 3) for b in gap["by_bucket"]},
+        "bucket_sentences": {b["bucket"]: b.get("sentences") for b in gap["by_bucket"]},
         "bleu_by_bucket": {b["bucket"]: b["bleu"] for b in beams[5]["by_bucket"]},
     }
     if 100 in beams:
@@ -136,7 +137,8 @@ def render(doc: dict) -> str:
     beams = list(next(iter(rows.values()))["bleu_by_beam"])
     out = [f"# Where exposure bias bites: {doc['split']}, seeds {doc['seeds']}\n",
            f"Protocol: `{doc['protocol']}`, section 3 (descriptive). Runs: `{doc['runs']}`. "
-           "Regenerate: `" + doc["command"] + "`.\n"]
+           "Regenerate: `" + doc["command"] + "`.\n",
+           "![BLEU by beam size](beam_curve.png) ![gap by length](gap_by_length.png)\n"]
     if doc["missing"]:
         out.append(f"Missing (no diagnose.json): {', '.join(doc['missing'])}.\n")
     out.append("## Beam size: BLEU at each beam (mean over seeds)\n")
@@ -217,6 +219,34 @@ def reading(doc: dict) -> str:
     return " ".join(parts)
 
 
+def plot(doc: dict, out: Path) -> list[Path]:
+    """Two figures of the means over seeds: BLEU by beam size, and the gap by reference
+    length."""
+    from gapless.analysis.figures import colors, finish, log2_ticks, pyplot, save
+
+    plt, rows, methods = pyplot(), doc["summary"], doc["methods"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for m, c in zip(methods, colors(len(methods))):
+        beams = [b for b, v in rows[m]["bleu_by_beam"].items() if v is not None]
+        ax.plot([int(b) for b in beams], [rows[m]["bleu_by_beam"][b] for b in beams], "o-",
+                color=c, label=f"{m} ({len(rows[m]['seeds'])} seeds)")
+    log2_ticks(ax, sorted({int(b) for m in methods for b in rows[m]["bleu_by_beam"]}))
+    finish(ax, f"BLEU by beam size, {doc['split']} (mean over seeds)", "beam size", "BLEU",
+           fontsize=7)
+    paths = [save(fig, out / "beam_curve.png")]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for m, c in zip(methods, colors(len(methods))):
+        gaps = rows[m]["gap_pp_by_bucket"]
+        ax.plot(range(len(BUCKETS)), [gaps[k] for k in BUCKETS], "o-", color=c, label=m)
+    sizes = next(iter(doc["per_run"].values()))["bucket_sentences"]
+    ax.set_xticks(range(len(BUCKETS)), [f"{k}\n({sizes.get(k)} sent.)" for k in BUCKETS])
+    ax.axhline(0, color="grey", lw=0.8)
+    finish(ax, "exposure gap by reference length (mean over seeds)",
+           "reference length (subword tokens)", "gap, points", fontsize=7)
+    paths.append(save(fig, out / "gap_by_length.png"))
+    return paths
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", help="the fine-tune spec whose methods are summarised")
@@ -251,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     doc["reading"] = reading(doc)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "summary.json", json.dumps(doc, indent=1))
+    plot(doc, args.out)
     md = render(doc)
     atomic_write_text(args.out / "summary.md", md)
     print(md)

@@ -195,8 +195,8 @@ def render(doc: dict) -> str:
 
 def reading(doc: dict) -> str:
     """One paragraph computed from the summary: which paired intervals exclude zero."""
-    rows, parts = doc["summary"], []
-    names = {"beam100_minus_beam5": "the drop from beam 5 to beam 100",
+    rows, parts, counted = doc["summary"], [], 0
+    names = {"beam100_minus_beam5": "the change from beam 5 to beam 100",
              "length_pct_beam5": "the beam-5 length (% of the reference)",
              "gap_pp": "the exposure gap",
              f"gap_pp_{LONG}": f"the gap for references of {LONG} pieces",
@@ -206,6 +206,7 @@ def reading(doc: dict) -> str:
                  if m != REFERENCE and r["headline"][key]["vs_reference"]
                  and r["headline"][key]["vs_reference"]["lo"] is not None]
         apart = [f"{m} ({_d(i)})" for m, i in moved if i["lo"] > 0 or i["hi"] < 0]
+        counted += len(moved)
         if moved:
             parts.append(f"For {name}, " + (f"the 95% interval excludes zero for "
                                             f"{', '.join(apart)}" if apart else
@@ -214,8 +215,10 @@ def reading(doc: dict) -> str:
     drop = ref["headline"]["beam100_minus_beam5"]["mean"]
     if drop is not None:
         parts.insert(0, f"{REFERENCE}'s BLEU changes by {drop:+.2f} from beam 5 to beam 100.")
-    parts.append(f"With {len(doc['seeds'])} seeds these intervals are wide and descriptive: "
-                 "the protocol draws no claim from section 3.")
+    parts.append(f"Of these {counted} intervals at 95 %, about {0.05 * counted:.1f} would "
+                 "exclude zero by chance alone; with "
+                 f"{len(doc['seeds'])} seeds they are wide and descriptive: the protocol draws "
+                 "no claim from section 3.")
     return " ".join(parts)
 
 

@@ -83,7 +83,7 @@ def test_means_intervals_and_the_missing_run(tmp_path, monkeypatch):
     assert joint["test_gain"] == pytest.approx(0.25) and joint["labels"] == {
         "1": "joint setting", "2": "joint setting"}
     assert "| ss_sample | 2 |" in md and "## Reading" in md
-    assert "the drop from beam 5 to beam 100, the 95% interval excludes zero for ss_sample" \
+    assert "the change from beam 5 to beam 100, the 95% interval excludes zero for ss_sample" \
         in doc["reading"]
     assert doc["runs"] == "runs" and "--out out" in doc["command"]
 

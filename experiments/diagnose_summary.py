@@ -79,19 +79,20 @@ def summarise(figures: dict[tuple[str, int], dict], methods: list[str],
         "length_joint_gain": lambda f: (f.get("length_choices") or {}).get(
             "joint", {}).get("test_gain"),
     }
+    def mean_of(method: str, table: str, keys) -> dict:
+        """{key: mean over the method's seeds of figure[table][key]}."""
+        return {k: _mean(list(collect(method, lambda f, k=k: f[table].get(k)).values()))
+                for k in keys}
+
     beams = sorted({k for f in figures.values() for k in f["bleu_by_beam"]}, key=int)
+    choices = sorted({c for f in figures.values() for c in f.get("length_choices", {})})
     result = {}
     for m in methods:
         row = {"seeds": sorted(s for s in seeds if (m, s) in figures)}
-        row["bleu_by_beam"] = {b: _mean(list(collect(m, lambda f, b=b: f["bleu_by_beam"].get(
-            b)).values())) for b in beams}
-        row["ratio_by_beam"] = {b: _mean(list(collect(m, lambda f, b=b: f["ratio_by_beam"].get(
-            b)).values())) for b in beams}
-        row["gap_pp_by_bucket"] = {k: _mean(list(collect(m, lambda f, k=k: f[
-            "gap_pp_by_bucket"].get(k)).values())) for k in BUCKETS}
-        row["bleu_by_bucket"] = {k: _mean(list(collect(m, lambda f, k=k: f[
-            "bleu_by_bucket"].get(k)).values())) for k in BUCKETS}
-        choices = sorted({c for f in figures.values() for c in f.get("length_choices", {})})
+        row["bleu_by_beam"] = mean_of(m, "bleu_by_beam", beams)
+        row["ratio_by_beam"] = mean_of(m, "ratio_by_beam", beams)
+        row["gap_pp_by_bucket"] = mean_of(m, "gap_pp_by_bucket", BUCKETS)
+        row["bleu_by_bucket"] = mean_of(m, "bleu_by_bucket", BUCKETS)
         row["length_choices"] = {}
         for c in choices:
             got = collect(m, lambda f, c=c: (f.get("length_choices") or {}).get(c))

@@ -13,7 +13,9 @@ as it can (its CPU seconds are reported). A request fails when its status is not
 answer does not hold one translation per sentence, the connection breaks or it times out.
 Reported: failed requests (and the statuses seen), served sentences/s (successful sentences /
 wall-clock of the load), latency p50/p95/p99/max, the server's batches and engine-busy seconds
-(from /health), CPU seconds of server and client, the server's memory (VmHWM peak and VmRSS
+(from /health), CPU seconds of server and client and of the server's main thread alone
+(uvicorn's event loop: HTTP parsing, routing, JSON; the engine runs in other threads), the
+server's memory (VmHWM peak and VmRSS
 current, from /proc/PID/status) after request ``--rss-at`` (500) and after the last one, and
 offline sentences/s: ``engine.translate`` of the same sentences in a fresh process with the
 server's environment and runtime settings (``gapless.serve.server.prepare_runtime``), the same
@@ -87,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=["auto", "gapless", "ctranslate2"])
     p.add_argument("--max-batch-tokens", type=int, default=4096)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
+                   help="the server's HTTP parser (gapless serve --http)")
+    p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+                   help="the server's event loop (gapless serve --loop)")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="an environment variable of the server and the offline process")
     p.add_argument("--warmup-requests", type=int, default=64,
@@ -140,9 +146,11 @@ def memory_mb(pid: int) -> dict:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), or of its thread
+    ``thread`` alone (the main thread's id is ``pid``)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -159,7 +167,8 @@ class Server:
                         "--port", str(self.port), "--checkpoint", args.checkpoint,
                         "--device", args.device, "--dtype", args.dtype, "--engine", args.engine,
                         "--max-batch-tokens", str(args.max_batch_tokens),
-                        "--max-wait-ms", str(args.max_wait_ms), "--max-beam", str(args.beam)]
+                        "--max-wait-ms", str(args.max_wait_ms), "--max-beam", str(args.beam),
+                        "--http", args.http, "--loop", args.loop]
         self.env = server_env(args)
         self.proc: subprocess.Popen | None = None
 
@@ -382,10 +391,12 @@ def load_server(args, requests, warmup) -> tuple[Load, dict, dict]:
             before = server.get("/health")
         load = Load(server.port, requests, args.beam, args.clients, args.max_seconds,
                     args.request_timeout, min(args.rss_at, len(requests)))
-        cpu = cpu_seconds(server.proc.pid)
-        seconds = load.run(server.proc.pid)
+        pid = server.proc.pid
+        cpu, main = cpu_seconds(pid), cpu_seconds(pid, pid)
+        seconds = load.run(pid)
         result = served(load, seconds, server.get("/health"), before)
-        result["server_cpu_seconds"] = round(cpu_seconds(server.proc.pid) - cpu, 2)
+        result["server_cpu_seconds"] = round(cpu_seconds(pid) - cpu, 2)
+        result["server_event_loop_cpu_seconds"] = round(cpu_seconds(pid, pid) - main, 2)
         model = server.get("/v1/model")
     return load, result, model
 
@@ -457,13 +468,14 @@ def main(argv=None) -> int:
     doc = {
         "benchmark": "serve_load", "run": relpath(args.run), "checkpoint": args.checkpoint,
         "model": {"name": model.get("name"), "engine": model.get("engine"),
-                  "limits": model.get("limits")},
+                  "limits": model.get("limits"), "server": model.get("server")},
         "protocol": {"split": args.split, "source": relpath(src_path), "requests": args.requests,
                      "clients": args.clients, "sentences_per_request": "1-5", "seed": args.seed,
                      "beam": args.beam, "threads": args.threads, "device": args.device,
                      "dtype": args.dtype, "max_batch_tokens": args.max_batch_tokens,
                      "max_wait_ms": args.max_wait_ms, "max_seconds": args.max_seconds,
                      "warmup_requests": args.warmup_requests, "server_env": args.server_env,
+                     "http": args.http, "loop": args.loop,
                      "rounds": args.rounds,
                      "client": "one asyncio loop, one keep-alive connection per client"},
         **{key: first[key] for key in ("served", "offline", "offline_default_runtime",

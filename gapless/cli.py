@@ -177,7 +177,7 @@ def cmd_serve(args, overrides) -> int:
     settings = serve.ServeSettings(
         host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms, max_sentences=args.max_sentences,
-        max_chars=args.max_chars, max_beam=args.max_beam)
+        max_chars=args.max_chars, max_beam=args.max_beam, http=args.http, loop=args.loop)
     serve.serve_run(args.run, settings, checkpoint=args.checkpoint, device=args.device,
                     dtype=args.dtype, engine=args.engine)
     return 0
@@ -198,6 +198,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sentences", type=int, default=64, help="per request (more: 413)")
     p.add_argument("--max-chars", type=int, default=10000, help="per request (more: 413)")
     p.add_argument("--max-beam", type=int, default=16, help="the largest beam a request may ask")
+    p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
+                   help="uvicorn's HTTP parser (auto: httptools when installed)")
+    p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+                   help="uvicorn's event loop (auto: uvloop when installed)")
     p.set_defaults(fn=cmd_serve)
 
 

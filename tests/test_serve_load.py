@@ -321,6 +321,58 @@ def test_serve_run_loads_the_model_in_the_thread_that_serves_it(monkeypatch, tmp
     seen["owner"].close()
 
 
+def test_the_server_stack_resolves_auto_to_what_is_installed_and_refuses_what_is_not(
+        monkeypatch):
+    installed = {"h11", "asyncio", "httptools", "uvloop"}
+    monkeypatch.setattr(server_mod, "_installed", lambda module: module in installed)
+    stack = server_mod.server_stack
+    assert stack(ServeSettings()) == {"http": "httptools", "loop": "uvloop"}
+    assert stack(ServeSettings(http="h11", loop="asyncio")) == {"http": "h11", "loop": "asyncio"}
+    installed -= {"httptools", "uvloop"}
+    assert stack(ServeSettings()) == {"http": "h11", "loop": "asyncio"}
+    with pytest.raises(ConfigError, match="--http httptools: not installed"):
+        stack(ServeSettings(http="httptools"))
+    with pytest.raises(ConfigError, match="--loop uvloop: not installed"):
+        stack(ServeSettings(loop="uvloop"))
+    with pytest.raises(ConfigError, match="--loop 'trio'"):
+        stack(ServeSettings(loop="trio"))
+
+
+def test_serve_run_resolves_the_stack_before_loading_and_the_server_uses_it(monkeypatch,
+                                                                             tmp_path):
+    monkeypatch.setattr(server_mod, "_installed", lambda module: module != "uvloop")
+    monkeypatch.setattr(server_mod, "prepare_runtime", lambda: None)
+    loaded: list = []
+    monkeypatch.setattr(server_mod, "load_model", lambda *a: loaded.append(a) or Where())
+    with pytest.raises(ConfigError, match="uvloop"):
+        server_mod.serve_run(tmp_path, ServeSettings(loop="uvloop"))
+    assert loaded == []  # refused before the model loads
+    seen: dict = {}
+    monkeypatch.setattr(server_mod, "serve", lambda model, settings, owner=None: seen.update(
+        settings=settings, owner=owner))
+    server_mod.serve_run(tmp_path, ServeSettings())
+    seen["owner"].close()
+    assert (seen["settings"].http, seen["settings"].loop) == ("httptools", "asyncio")
+    config = server_mod.uvicorn_server(object(), seen["settings"]).config
+    assert (config.http, config.loop) == ("httptools", "asyncio")
+
+
+def test_cpu_seconds_of_the_main_thread_leave_out_the_other_threads():
+    pid = os.getpid()
+
+    def burn():
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+
+    total, main = serve_load.cpu_seconds(pid), serve_load.cpu_seconds(pid, pid)
+    worker = threading.Thread(target=burn)
+    worker.start()
+    worker.join()
+    grew, main_grew = serve_load.cpu_seconds(pid) - total, serve_load.cpu_seconds(pid, pid) - main
+    assert grew >= 0.25 and main_grew < 0.1, (grew, main_grew)
+
+
 # -- memory, busy time --------------------------------------------------------------------------
 
 

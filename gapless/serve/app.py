@@ -37,7 +37,8 @@ POST /v1/translate
 GET /v1/model
     What is loaded: ``{"name", "engine": engine.describe() without its config, "config": the
     run's config, "decode": the default settings, "scores": {split: {"bleu", "chrf",
-    "sentences", "bleu_signature", ...}} from RUN/eval/*.json, "limits": {...}}``.
+    "sentences", "bleu_signature", ...}} from RUN/eval/*.json, "limits": {...}, "server":
+    {"http", "loop"}}`` (uvicorn's parser and event loop, resolved by ``gapless serve``).
 
 GET /health
     ``{"status": "ok", "engine", "requests", "dropped", "batches", "sentences", "failed",
@@ -204,7 +205,8 @@ class Service:
                        "max_source_tokens": getattr(self.engine, "max_source_tokens", None),
                        "max_batch_tokens": s.max_batch_tokens, "max_wait_ms": s.max_wait_ms,
                        "batch_start": s.batch_start, "max_hold_ms": s.max_hold_ms,
-                       "search_batch": s.search_batch}})
+                       "search_batch": s.search_batch},
+            "server": {"http": s.http, "loop": s.loop}})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "engine": self.engine.name,

@@ -48,6 +48,8 @@ class ServeSettings:
     max_chars: int = 10000  # characters in one request, all sentences together (more: 413)
     max_beam: int = 16  # the largest beam a request may ask for
     run: str | Path | None = None  # where eval/*.json live (default: the engine's run)
+    http: str = "auto"  # uvicorn's HTTP parser: auto (httptools when installed) | h11 | httptools
+    loop: str = "auto"  # uvicorn's event loop: auto (uvloop when installed) | asyncio | uvloop
 
     def check(self) -> None:
         """ValueError naming the first batching field out of range (``BATCHING_CHECKS``)."""

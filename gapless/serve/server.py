@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import logging
 import os
 import socket
@@ -76,12 +77,43 @@ def load_model(path: str | Path, checkpoint: str = "best", device: str = "auto",
     return load_engine(path, engine=engine, checkpoint=checkpoint, device=device, dtype=dtype)
 
 
+HTTP_CHOICES = {"auto": None, "h11": "h11", "httptools": "httptools"}  # name -> module
+LOOP_CHOICES = {"auto": None, "asyncio": "asyncio", "uvloop": "uvloop"}
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def server_stack(settings: ServeSettings) -> dict:
+    """The HTTP parser and event loop uvicorn will run for ``settings.http`` / ``loop``
+    ("auto": httptools and uvloop when installed, as uvicorn picks them, else h11 and
+    asyncio); a ConfigError names a choice that does not exist or is not installed."""
+    stack = {}
+    for field, choices, fallback in (("http", HTTP_CHOICES, "h11"),
+                                     ("loop", LOOP_CHOICES, "asyncio")):
+        name = getattr(settings, field)
+        if name not in choices:
+            raise ConfigError(f"--{field} {name!r}: expected one of {', '.join(choices)}")
+        if name == "auto":
+            fast = "httptools" if field == "http" else "uvloop"
+            name = fast if _installed(fast) else fallback
+        elif not _installed(choices[name]):
+            raise ConfigError(f"--{field} {name}: not installed "
+                              f"(pip install {choices[name]}, or pip install -e '.[serve]')")
+        stack[field] = name
+    return stack
+
+
 def uvicorn_server(app, settings: ServeSettings, log_level: str = "info"):
-    """A ``uvicorn.Server`` for ``app`` on ``settings.host:port`` (not started)."""
+    """A ``uvicorn.Server`` for ``app`` on ``settings.host:port`` with the parser and loop of
+    ``server_stack`` (not started)."""
     import uvicorn
 
+    stack = server_stack(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                            workers=1, lifespan="on", timeout_graceful_shutdown=5)
+                            workers=1, lifespan="on", timeout_graceful_shutdown=5,
+                            http=stack["http"], loop=stack["loop"])
     return uvicorn.Server(config)
 
 
@@ -108,9 +140,10 @@ def serve_run(run: str | Path, settings: ServeSettings, checkpoint: str = "best"
               device: str = "auto", dtype: str = "fp32", engine: str = "auto") -> None:
     """``gapless serve``: load ``run``'s model (after ``prepare_runtime``) in the
     ``EngineThread`` that will run its batches, and serve it until interrupted, with
-    ``settings`` completed by ``settings_from_env``."""
+    ``settings`` completed by ``settings_from_env`` and its ``http`` / ``loop`` resolved
+    (``server_stack``, checked before the model loads)."""
     prepare_runtime()
-    settings = settings_from_env(settings)
+    settings = dataclasses.replace(settings_from_env(settings), **server_stack(settings))
     owner = EngineThread()
     model = owner.call(load_model, run, checkpoint, device, dtype, engine)
     pad_sources(model, settings.source_multiple)

@@ -99,8 +99,7 @@ def server_stack(settings: ServeSettings) -> dict:
             fast = "httptools" if field == "http" else "uvloop"
             name = fast if _installed(fast) else fallback
         elif not _installed(choices[name]):
-            raise ConfigError(f"--{field} {name}: not installed "
-                              f"(pip install {choices[name]}, or pip install -e '.[serve]')")
+            raise ConfigError(f"--{field} {name}: not installed (pip install {choices[name]})")
         stack[field] = name
     return stack
 

@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -34,16 +35,26 @@ from .config import Config
 from .verify import CheckpointError, digests, nonfinite, verify
 
 log = logging.getLogger(__name__)
+_UMASK = os.umask(0o022)  # read once at import (setting it back at once): umask has no getter
+os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Temp file + fsync + rename: a reader sees the old file or the new one, never half. The
+    temp file's name is unique to this call, so that processes writing the same file at once
+    (the lanes of a sweep writing its spec) each rename their own; the last rename wins."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open: 0666 & ~umask
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

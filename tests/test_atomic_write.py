@@ -38,8 +38,8 @@ def test_the_file_gets_a_plain_open_s_permissions_and_a_failed_write_leaves_noth
     atomic_write_text(tmp_path / "a.txt", "x")
     with open(tmp_path / "b.txt", "w") as f:
         f.write("x")
-    mode = lambda name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)  # noqa: E731
-    assert mode("a.txt") == mode("b.txt")
+    modes = [stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in ("a.txt", "b.txt")]
+    assert modes[0] == modes[1]
     target = tmp_path / "dir_in_the_way"
     target.mkdir()
     (target / "child").write_text("x")

@@ -77,8 +77,7 @@ def load_model(path: str | Path, checkpoint: str = "best", device: str = "auto",
     return load_engine(path, engine=engine, checkpoint=checkpoint, device=device, dtype=dtype)
 
 
-HTTP_CHOICES = {"auto": None, "h11": "h11", "httptools": "httptools"}  # name -> module
-LOOP_CHOICES = {"auto": None, "asyncio": "asyncio", "uvloop": "uvloop"}
+STACK = {"http": ("h11", "httptools"), "loop": ("asyncio", "uvloop")}  # (always there, faster)
 
 
 def _installed(module: str) -> bool:
@@ -90,16 +89,14 @@ def server_stack(settings: ServeSettings) -> dict:
     ("auto": httptools and uvloop when installed, as uvicorn picks them, else h11 and
     asyncio); a ConfigError names a choice that does not exist or is not installed."""
     stack = {}
-    for field, choices, fallback in (("http", HTTP_CHOICES, "h11"),
-                                     ("loop", LOOP_CHOICES, "asyncio")):
+    for field, (plain, fast) in STACK.items():
         name = getattr(settings, field)
-        if name not in choices:
-            raise ConfigError(f"--{field} {name!r}: expected one of {', '.join(choices)}")
+        if name not in ("auto", plain, fast):
+            raise ConfigError(f"--{field} {name!r}: expected one of auto, {plain}, {fast}")
         if name == "auto":
-            fast = "httptools" if field == "http" else "uvloop"
-            name = fast if _installed(fast) else fallback
-        elif not _installed(choices[name]):
-            raise ConfigError(f"--{field} {name}: not installed (pip install {choices[name]})")
+            name = fast if _installed(fast) else plain
+        elif not _installed(name):
+            raise ConfigError(f"--{field} {name}: not installed (pip install {name})")
         stack[field] = name
     return stack
 

@@ -56,7 +56,15 @@ STRATEGIES = {
     "sentence_oracle_beam4": {"strategy.name": "sentence_oracle", "strategy.oracle_beam": 4},
     "sentence_oracle_beam4_cached": {"strategy.name": "sentence_oracle",
                                      "strategy.oracle_beam": 4, "strategy.oracle_refresh": -1},
+    # the settings of the powered comparison's second family (after_ornmt_multi30k_de_en.yaml);
+    # neither has a p, so MIXING does not apply to them
+    "minimum_risk": {"strategy.name": "minimum_risk", "strategy.mrt_samples": 4,
+                     "strategy.mrt_alpha": 0.005, "strategy.mrt_weight": 0.7},
+    "confidence_aware": {"strategy.name": "confidence_aware", "strategy.cass_low": 0.9,
+                         "strategy.cass_high": 0.95, "strategy.cass_random": True,
+                         "strategy.predicted": "soft", "strategy.mle_weight": 1.0},
 }
+NO_P = ("minimum_risk", "confidence_aware")
 # every strategy mixes (p < 1), so the first pass / oracle search always runs
 MIXING = {"strategy.schedule": "constant", "strategy.constant_p": 0.5}
 
@@ -80,7 +88,8 @@ def _step(t, batch, update: int, dtype: str) -> float:
 
 def overrides(name: str, cycle: int) -> dict:
     over = STRATEGIES[name]
-    out = {**over, **(MIXING if over else {})}
+    mixing = over and over["strategy.name"] not in NO_P
+    out = {**over, **(MIXING if mixing else {})}
     if out.get("strategy.oracle_refresh") == -1:  # search every 4th visit
         out["strategy.oracle_refresh"] = 4 * cycle
     return out
@@ -125,14 +134,15 @@ def interleaved(run: str, steps: int, warmup: int, dtype: str, cycle: int,
 def counted_flops(modules: dict, data, batches: list, dtype: str) -> dict[str, float]:
     """GFLOP of matrix products (forward + backward, ``torch.utils.flop_counter``) per step,
     the mean over ``batches``, per strategy: the arithmetic floor of each step ratio. Not for
-    the sentence oracle, whose search runs prepacked oneDNN linears the counter does not see."""
+    the sentence oracle and minimum risk training, whose searches run prepacked oneDNN linears
+    the counter does not see."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from gapless.data import collate
 
     out = {}
     for name, t in modules.items():
-        if t.strategy.cfg.name == "sentence_oracle":
+        if t.strategy.cfg.name in ("sentence_oracle", "minimum_risk"):
             continue
         counter = FlopCounterMode(display=False)
         with counter:

@@ -76,3 +76,18 @@ def test_committed_benchmark_json_holds_no_absolute_paths():
         text = path.read_text(encoding="utf-8")
         json.loads(text)
         assert not ABSOLUTE.search(text), path.name
+
+
+def test_strategy_speed_entries_are_valid_configs():
+    """Every strategy of benchmarks/strategy_speed.py, with the p it is measured at, makes a
+    valid config; the strategies without a p (MRT, confidence-aware) get no schedule."""
+    from benchmarks.strategy_speed import NO_P, STRATEGIES, overrides
+    from gapless.config import from_dict
+
+    assert {"minimum_risk", "confidence_aware"} <= set(STRATEGIES)
+    for name in STRATEGIES:
+        over = overrides(name, cycle=3)
+        cfg = from_dict({}, {k: v for k, v in over.items()})
+        assert cfg.strategy.name == over.get("strategy.name", "teacher_forcing"), name
+        assert ("strategy.constant_p" in over) == (bool(STRATEGIES[name])
+                                                   and over["strategy.name"] not in NO_P), name

@@ -19,7 +19,10 @@ cached sentence oracle (``oracle_refresh``) meets its sentences again: refreshed
 model size: ``--set model.d_model=512 --set model.n_heads=8 --set model.ffn_dim=2048
 --set model.enc_layers=6 --set model.dec_layers=6`` is Transformer-base (Vaswani et al. 2017,
 table 3), the size of OR-NMT's step-cost figure. The weights are fresh (seed 1): step time
-does not depend on what the model has learnt, except the search's n-best bookkeeping.
+does not depend on what the model has learnt, except the search's n-best bookkeeping and the
+length of sampled candidates: minimum risk training samples until EOS, which fresh weights
+rarely emit, so ``--weights best`` (or ``last``, a checkpoint folder) starts every strategy from
+the run's trained weights instead.
 """
 
 from __future__ import annotations
@@ -69,8 +72,9 @@ NO_P = ("minimum_risk", "confidence_aware")
 MIXING = {"strategy.schedule": "constant", "strategy.constant_p": 0.5}
 
 
-def _setup(run: str, names: list[str], cycle: int, changes: list[str] = ()):
-    """(prepared data, batches, {name: Trainee}), every model from seed 1."""
+def _setup(run: str, names: list[str], cycle: int, changes: list[str] = (), weights: str = ""):
+    """(prepared data, batches, {name: Trainee}), every model from seed 1, or from the run's
+    checkpoint ``weights`` (best, last, a folder) when given."""
     steps = {}
     for name in names:
         # "--section.key=VALUE" strings, as the CLI takes them: the --set changes, then the
@@ -78,8 +82,22 @@ def _setup(run: str, names: list[str], cycle: int, changes: list[str] = ()):
         cfg = run_config(run, [f"--{c}" for c in changes] + [
             f"--{key}={value}" for key, value in overrides(name, cycle).items()])
         steps[name] = trainee(cfg)
+        if weights:
+            load_weights(steps[name].model, run, weights)
     data, batches = training_batches(run, cfg, cycle)
     return data, batches, steps
+
+
+def load_weights(model, run: str, tag: str) -> Path:
+    """Copy the weights of ``run``'s checkpoint ``tag`` (best, last, a folder) into ``model``
+    in place (its optimizer keeps pointing at the same parameters); the folder used."""
+    from safetensors.torch import load_model
+
+    from gapless.checkpoint import RunDir
+
+    folder = RunDir(run).resolve(tag)
+    load_model(model, str(folder / "model.safetensors"))
+    return folder
 
 
 def _step(t, batch, update: int, dtype: str) -> float:
@@ -96,12 +114,12 @@ def overrides(name: str, cycle: int) -> dict:
 
 
 def interleaved(run: str, steps: int, warmup: int, dtype: str, cycle: int,
-                changes: list[str] = ()) -> dict:
+                changes: list[str] = (), weights: str = "") -> dict:
     """Step times of every strategy, interleaved round by round in this process."""
     from gapless.data import collate
 
     names = list(STRATEGIES)
-    data, batches, modules = _setup(run, names, cycle, changes)
+    data, batches, modules = _setup(run, names, cycle, changes, weights)
     times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(warmup + steps):
         batch = collate(data, batches[i % cycle])
@@ -153,11 +171,11 @@ def counted_flops(modules: dict, data, batches: list, dtype: str) -> dict[str, f
 
 
 def memory(run: str, name: str, steps: int, dtype: str, cycle: int,
-           changes: list[str] = ()) -> float:
+           changes: list[str] = (), weights: str = "") -> float:
     """Peak RSS (MB) of a fresh process running ``steps`` steps of one strategy."""
     from gapless.data import collate
 
-    data, batches, modules = _setup(run, [name], cycle, changes)
+    data, batches, modules = _setup(run, [name], cycle, changes, weights)
     for i in range(steps):
         _step(modules[name], collate(data, batches[i % cycle]), i, dtype)
     return peak_rss_mb()
@@ -173,11 +191,14 @@ def main(argv=None) -> None:
     p.add_argument("--memory-steps", type=int, default=4)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="change the run's config for every strategy (repeatable)")
+    p.add_argument("--weights", default="", metavar="best|last|DIR",
+                   help="start from the run's checkpoint instead of fresh weights (seed 1)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     changes = args.set
     if args.worker:  # one strategy's peak memory, in a fresh process
-        reply(memory(args.run, args.worker, args.memory_steps, args.dtype, args.cycle, changes))
+        reply(memory(args.run, args.worker, args.memory_steps, args.dtype, args.cycle, changes,
+                     args.weights))
         return
     info = machine(2)
     peaks = {}
@@ -186,9 +207,11 @@ def main(argv=None) -> None:
         peaks[name] = child_json("benchmarks.strategy_speed", [
             "--run", str(Path(args.run).resolve()), "--dtype", args.dtype,
             "--cycle", str(args.cycle), "--memory-steps", str(args.memory_steps),
-            *[f"--set={item}" for item in args.set], "--worker", name])
+            *[f"--set={item}" for item in args.set], "--weights", args.weights,
+            "--worker", name])
     say("strategy_speed", "timing, interleaved ...")
-    results = interleaved(args.run, args.steps, args.warmup, args.dtype, args.cycle, changes)
+    results = interleaved(args.run, args.steps, args.warmup, args.dtype, args.cycle, changes,
+                          args.weights)
     for name, peak in peaks.items():
         results[name]["peak_rss_mb"] = peak
     base = results["teacher_forcing"]["peak_rss_mb"]
@@ -196,6 +219,7 @@ def main(argv=None) -> None:
         r["rss_ratio_to_tf"] = round(r["peak_rss_mb"] / base, 3)
     emit({"benchmark": "strategy_speed", "run": relpath(args.run), "machine": finish(info),
           "dtype": args.dtype, "config_changes": changes,
+          "weights": args.weights or "fresh (seed 1)",
           "steps": args.steps, "warmup": args.warmup, "mixing": MIXING,
           "cycle": args.cycle, "timing": "interleaved, one process",
           "targets": {"two_pass_and_word_oracle": 1.25, "sentence_oracle_beam4": 2.5,

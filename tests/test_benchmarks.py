@@ -91,3 +91,28 @@ def test_strategy_speed_entries_are_valid_configs():
         assert cfg.strategy.name == over.get("strategy.name", "teacher_forcing"), name
         assert ("strategy.constant_p" in over) == (bool(STRATEGIES[name])
                                                    and over["strategy.name"] not in NO_P), name
+
+
+def test_strategy_speed_load_weights_copies_the_checkpoint_in_place(tmp_path):
+    """``--weights best``: the run's best weights land in the benchmark's model, whose
+    parameters stay the objects its optimizer holds."""
+    import torch
+
+    from benchmarks.strategy_speed import load_weights
+    from gapless import config as config_mod
+    from gapless.checkpoint import RunDir
+    from gapless.model import Transformer
+
+    cfg = config_mod.load("tiny", {"model.vocab_size": 40})
+    torch.manual_seed(3)
+    trained = Transformer(cfg.model)
+    RunDir(tmp_path).save(trained, None, {"update": 7}, tags=("last", "best"))
+    torch.manual_seed(4)
+    fresh = Transformer(cfg.model)
+    before = [id(p) for p in fresh.parameters()]
+    assert not torch.equal(next(fresh.parameters()), next(trained.parameters()))
+    folder = load_weights(fresh, str(tmp_path), "best")
+    assert folder.name == "step_00000007"
+    assert [id(p) for p in fresh.parameters()] == before
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), trained.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -31,6 +31,8 @@ import argparse
 import statistics
 from pathlib import Path
 
+import yaml
+
 from benchmarks.common import (
     child_json,
     emit,
@@ -59,15 +61,13 @@ STRATEGIES = {
     "sentence_oracle_beam4": {"strategy.name": "sentence_oracle", "strategy.oracle_beam": 4},
     "sentence_oracle_beam4_cached": {"strategy.name": "sentence_oracle",
                                      "strategy.oracle_beam": 4, "strategy.oracle_refresh": -1},
-    # the settings of the powered comparison's second family (after_ornmt_multi30k_de_en.yaml);
-    # neither has a p, so MIXING does not apply to them
-    "minimum_risk": {"strategy.name": "minimum_risk", "strategy.mrt_samples": 4,
-                     "strategy.mrt_alpha": 0.005, "strategy.mrt_weight": 0.7},
-    "confidence_aware": {"strategy.name": "confidence_aware", "strategy.cass_low": 0.9,
-                         "strategy.cass_high": 0.95, "strategy.cass_random": True,
-                         "strategy.predicted": "soft", "strategy.mle_weight": 1.0},
 }
+# the powered comparison's second family at its spec's settings; neither has a p, so MIXING
+# does not apply to them
 NO_P = ("minimum_risk", "confidence_aware")
+AFTER_ORNMT = Path(__file__).parents[1] / "configs/finetune/after_ornmt_multi30k_de_en.yaml"
+STRATEGIES.update({name: yaml.safe_load(AFTER_ORNMT.read_text())["methods"][name]
+                   for name in NO_P})
 # every strategy mixes (p < 1), so the first pass / oracle search always runs
 MIXING = {"strategy.schedule": "constant", "strategy.constant_p": 0.5}
 

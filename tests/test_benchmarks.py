@@ -87,7 +87,7 @@ def test_strategy_speed_entries_are_valid_configs():
     assert {"minimum_risk", "confidence_aware"} <= set(STRATEGIES)
     for name in STRATEGIES:
         over = overrides(name, cycle=3)
-        cfg = from_dict({}, {k: v for k, v in over.items()})
+        cfg = from_dict({}, dict(over))
         assert cfg.strategy.name == over.get("strategy.name", "teacher_forcing"), name
         assert ("strategy.constant_p" in over) == (bool(STRATEGIES[name])
                                                    and over["strategy.name"] not in NO_P), name

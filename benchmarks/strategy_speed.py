@@ -75,6 +75,8 @@ MIXING = {"strategy.schedule": "constant", "strategy.constant_p": 0.5}
 def _setup(run: str, names: list[str], cycle: int, changes: list[str] = (), weights: str = ""):
     """(prepared data, batches, {name: Trainee}), every model from seed 1, or from the run's
     checkpoint ``weights`` (best, last, a folder) when given."""
+    from gapless.checkpoint import RunDir
+
     steps = {}
     for name in names:
         # "--section.key=VALUE" strings, as the CLI takes them: the --set changes, then the
@@ -82,22 +84,10 @@ def _setup(run: str, names: list[str], cycle: int, changes: list[str] = (), weig
         cfg = run_config(run, [f"--{c}" for c in changes] + [
             f"--{key}={value}" for key, value in overrides(name, cycle).items()])
         steps[name] = trainee(cfg)
-        if weights:
-            load_weights(steps[name].model, run, weights)
+        if weights:  # in place: the optimizer keeps pointing at the same parameters
+            RunDir(run).load_weights(steps[name].model, weights)
     data, batches = training_batches(run, cfg, cycle)
     return data, batches, steps
-
-
-def load_weights(model, run: str, tag: str) -> Path:
-    """Copy the weights of ``run``'s checkpoint ``tag`` (best, last, a folder) into ``model``
-    in place (its optimizer keeps pointing at the same parameters); the folder used."""
-    from safetensors.torch import load_model
-
-    from gapless.checkpoint import RunDir
-
-    folder = RunDir(run).resolve(tag)
-    load_model(model, str(folder / "model.safetensors"))
-    return folder
 
 
 def _step(t, batch, update: int, dtype: str) -> float:

@@ -94,11 +94,10 @@ def test_strategy_speed_entries_are_valid_configs():
 
 
 def test_strategy_speed_load_weights_copies_the_checkpoint_in_place(tmp_path):
-    """``--weights best``: the run's best weights land in the benchmark's model, whose
-    parameters stay the objects its optimizer holds."""
+    """``--weights best`` (``RunDir.load_weights``): the run's best weights land in the
+    benchmark's model, whose parameters stay the objects its optimizer holds."""
     import torch
 
-    from benchmarks.strategy_speed import load_weights
     from gapless import config as config_mod
     from gapless.checkpoint import RunDir
     from gapless.model import Transformer
@@ -111,7 +110,7 @@ def test_strategy_speed_load_weights_copies_the_checkpoint_in_place(tmp_path):
     fresh = Transformer(cfg.model)
     before = [id(p) for p in fresh.parameters()]
     assert not torch.equal(next(fresh.parameters()), next(trained.parameters()))
-    folder = load_weights(fresh, str(tmp_path), "best")
+    folder = RunDir(tmp_path).load_weights(fresh, "best")
     assert folder.name == "step_00000007"
     assert [id(p) for p in fresh.parameters()] == before
     for (name, a), (_, b) in zip(fresh.state_dict().items(), trained.state_dict().items()):

@@ -26,6 +26,8 @@
 # rewrite the JSON from the runs in RUNS_DIR), MAX_MINUTES (the safety cap, default 5.5: raise
 # it when fewer runs share the call, e.g. only the sentence oracle's). A finished run
 # (finetune.json) is not retrained.
+# CPU=1: the same setup on the CPU (protocol amendment 5): no time cap, a checkpoint every 100
+# updates (a stopped call resumes each run where it was), one run at a time (LANES 1).
 # Output: $OUT/from_scratch.json, from_scratch.md, tails.txt, gpu.txt; runs/NAME/ (hypotheses, log).
 source "$(dirname "$0")/gpu_common.sh"
 PY=${PYTHON:-python3}
@@ -85,7 +87,11 @@ DRY = Setup("tiny", 8, {
     "train.log_every": 2, "train.valid_max_sentences": 6, "train.threads": 1,
     "train.device": "cpu", "train.dtype": "fp32", "data.workers": 0,
     "data.corpus": str(R / "corpus"), "data.test_splits": SPLITS[1:]}, device="cpu")
-SETUP = DRY if os.environ.get("DRY_RUN") == "1" else GPU
+CPU = Setup("multi30k_de_en", 1300, {  # amendment 5: the GPU's setup, no time cap, resumable
+    **GPU.common, "train.max_minutes": 0, "train.save_every": 100, "train.device": "cpu"},
+    device="cpu")
+SETUP = (DRY if os.environ.get("DRY_RUN") == "1" else
+         CPU if os.environ.get("CPU") == "1" else GPU)
 
 
 def methods() -> list[str]:
@@ -249,7 +255,7 @@ if [ "${COLLECT_ONLY:-0}" != 1 ]; then
   command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/gpu.txt" 2>&1
   $PY "$DRIVER" "$R" prepare > "$R/prepare.out" 2>&1 || { tail -n 20 "$R/prepare.out"; exit 1; }
   read -r -a ALL <<< "$RUNS"
-  LANES=${LANES:-$([ "$DRY_RUN" = 1 ] && echo 2 || echo ${#ALL[@]})}
+  LANES=${LANES:-$([ "$DRY_RUN" = 1 ] && echo 2 || { [ "${CPU:-0}" = 1 ] && echo 1; } || echo ${#ALL[@]})}
   for ((lane = 0; lane < LANES; lane++)); do
     mine=()
     for ((i = lane; i < ${#ALL[@]}; i += LANES)); do mine+=("${ALL[i]}"); done

@@ -159,3 +159,22 @@ def test_a_run_cut_short_is_named_first_in_the_report(dry, tmp_path):
     assert md[0].startswith("# ") and md[2].startswith("**Not the protocol's result**")
     assert f"sentence_oracle-s2 (updates {record['updates']} of" in md[2]
     assert not (root / "out" / "from_scratch.md").read_text().count("Not the protocol")
+
+
+def test_the_cpu_setup_is_the_gpu_setup_made_resumable(tmp_path):
+    """Amendment 5: ``CPU=1`` changes only the device, the time cap (none) and the checkpoint
+    interval (every 100 updates, so a stopped call resumes); the recipe is the GPU's."""
+    setups = {}
+    for mode, env in (("gpu", {}), ("cpu", {"CPU": "1"})):
+        proc = script(tmp_path / mode, tmp_path / f"runs_{mode}", DRY_RUN="0",
+                      COLLECT_ONLY="1", **env)
+        assert proc.returncode == 1, proc.stderr[-2000:]  # no runs: all missing
+        setups[mode] = json.loads((tmp_path / mode / "from_scratch.json").read_text())["setup"]
+    gpu, cpu = setups["gpu"], setups["cpu"]
+    changed = {k for k in gpu["common"].keys() | cpu["common"].keys()
+               if gpu["common"].get(k) != cpu["common"].get(k)}
+    assert changed == {"train.max_minutes", "train.save_every", "train.device"}
+    assert cpu["common"]["train.max_minutes"] == 0 and cpu["common"]["train.save_every"] == 100
+    assert cpu["device"] == "cpu" and gpu["device"] == "auto"
+    assert {k: v for k, v in cpu.items() if k not in ("common", "device")} == \
+        {k: v for k, v in gpu.items() if k not in ("common", "device")}

@@ -26,6 +26,8 @@
 # rewrite the JSON from the runs in RUNS_DIR), MAX_MINUTES (the safety cap, default 5.5: raise
 # it when fewer runs share the call, e.g. only the sentence oracle's). A finished run
 # (finetune.json) is not retrained.
+# FAMILY=JSON (with COLLECT_ONLY): an earlier from_scratch.json whose methods not run here join
+# Holm's family at their raw p (experiments/finetune.py --family).
 # CPU=1: the same setup on the CPU (protocol amendment 5): no time cap, a checkpoint every 100
 # updates (a stopped call resumes each run where it was), one run at a time (LANES 1).
 # Output: $OUT/from_scratch.json, from_scratch.md, tails.txt, gpu.txt; runs/NAME/ (hypotheses, log).
@@ -193,7 +195,9 @@ def collect(out: Path, wall_s: float) -> int:
     spec = {"name": "from-scratch-m30k-de-en", "seeds": SEEDS, "splits": SPLITS, "beam": 5,
             "reference": REFERENCE, "primary": "test2016",
             "methods": {m: KNOWN[m] for m in chosen}}
-    report, results = ft.analyse(spec, R)
+    family = ft.outside_pvalues(Path(os.environ["FAMILY"]), spec) if os.environ.get(
+        "FAMILY") else None  # amendment 5: the methods reported elsewhere, in Holm's family
+    report, results = ft.analyse(spec, R, family)
     short = [f"{r['method']}-s{r['seed']}" for r in results if r["updates"] < r["planned_updates"]]
     device = "cpu"
     if SETUP.device != "cpu":

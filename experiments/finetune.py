@@ -11,7 +11,11 @@ a fresh optimizer, and is evaluated at its *last* checkpoint (equal length: no s
 all). A finished run (``finetune.json``) is skipped, so a killed sweep resumes, and its
 checkpoints and encoded data are then deleted (config, log and ``eval/`` stay; the seeds of
 ``--keep-checkpoints`` keep theirs, for ``gapless diagnose``). ``--seeds`` / ``--methods`` run
-part of the sweep; the report always covers the whole spec and names the runs still missing.
+part of the sweep; the report covers the whole spec and names the runs still missing, except
+with ``--report-only``, where ``--methods`` chooses the methods reported (the reference always).
+``--family REPORT.json`` adds methods reported elsewhere (a committed ``report.json``, or
+``gpu_from_scratch.sh``'s JSON) to Holm's family with their raw p: a protocol amendment that
+trains some of a family's methods on another device decides them in the family fixed before.
 
 Report (``DIR/report.md``, every number in ``DIR/report.json``, the runs in
 ``DIR/results.json``): per method and split the seed-paired difference to the reference method
@@ -175,6 +179,15 @@ def parse_selection(text: str | None, allowed: list, kind: str) -> list:
     return [x for x in allowed if x in chosen]
 
 
+def reported(spec: dict, methods: str | None) -> dict:
+    """``spec`` with only the methods of ``--methods`` and the reference (None: all)."""
+    if methods is None:
+        return spec
+    reference, _ = endpoints(spec)
+    chosen = set(parse_selection(methods, list(spec["methods"]), "methods")) | {reference}
+    return {**spec, "methods": {m: o for m, o in spec["methods"].items() if m in chosen}}
+
+
 def endpoints(spec: dict) -> tuple[str, str]:
     """(reference method, primary split) of a spec (the protocol's defaults)."""
     splits = spec["splits"]
@@ -242,10 +255,30 @@ def length_ratios(spec: dict, runs: Path, results: list[dict]) -> dict:
     return out
 
 
-def decisions(spec: dict, stats: dict) -> dict:
-    """Holm's correction over the methods on the primary split, and the protocol's verdict."""
+def outside_pvalues(path: Path, spec: dict) -> dict:
+    """``{"source": path, "p": {method: raw p}}``: the primary-split decisions of another
+    report (``report.json``, or a JSON holding it under ``statistics``) with the same reference
+    and primary split; an error naming the file otherwise."""
+    doc = json.loads(Path(path).read_text())
+    report = doc if "decisions" in doc else doc.get("statistics") or {}
+    if "decisions" not in report:
+        raise SystemExit(f"--family {path}: no 'decisions' (expected experiments/finetune.py's "
+                         "report.json or a JSON with it under 'statistics')")
+    reference, primary = endpoints(spec)
+    if (report.get("reference"), report.get("primary")) != (reference, primary):
+        raise SystemExit(f"--family {path}: reference / primary split "
+                         f"{report.get('reference')} / {report.get('primary')}, this report's "
+                         f"are {reference} / {primary}")
+    return {"source": relative_path(Path(path)),
+            "p": {m: d["p"] for m, d in report["decisions"].items()}}
+
+
+def decisions(spec: dict, stats: dict, family: dict | None = None) -> dict:
+    """Holm's correction over the methods on the primary split (with ``family``'s methods not
+    reported here, at their raw p), and the protocol's verdict."""
     _, primary = endpoints(spec)
-    adjusted = holm({m: s[primary]["p"] for m, s in stats.items()})
+    outside = {m: p for m, p in (family or {}).get("p", {}).items() if m not in stats}
+    adjusted = holm({**{m: s[primary]["p"] for m, s in stats.items()}, **outside})
     return {m: {"n": s[primary]["n"], "planned": len(spec["seeds"]), "p": s[primary]["p"],
                 "p_holm": adjusted[m], "decision": decide(s[primary], adjusted[m], ALPHA),
                 "width": s[primary]["width"]} for m, s in stats.items()}
@@ -293,9 +326,9 @@ def bootstrap(spec: dict, runs: Path, results: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------- the report
-def analyse(spec: dict, runs: Path) -> tuple[dict, list[dict]]:
+def analyse(spec: dict, runs: Path, family: dict | None = None) -> tuple[dict, list[dict]]:
     """Every number of the report, from the finished runs of the spec in ``runs``; and those
-    runs."""
+    runs. ``family`` (``outside_pvalues``): methods reported elsewhere in Holm's family."""
     reference, primary = endpoints(spec)
     results, missing = collect(spec, runs)
     stats = intervals(spec, results)
@@ -306,10 +339,13 @@ def analyse(spec: dict, runs: Path) -> tuple[dict, list[dict]]:
         "alpha": ALPHA, "seeds": spec["seeds"], "methods": list(spec["methods"]),
         "splits": spec["splits"],
         "planned_runs": len(spec["seeds"]) * len(spec["methods"]), "missing": missing,
-        "intervals": stats, "decisions": decisions(spec, stats),
+        "intervals": stats, "decisions": decisions(spec, stats, family),
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "per_seed": boot,
                       "summary": bootstrap_counts(boot)},
     }
+    outside = {m: p for m, p in (family or {}).get("p", {}).items() if m not in stats}
+    if outside:
+        report["family"] = {"source": family["source"], "outside": outside}
     report["length"] = length_ratios(spec, runs, results)
     report["same_computation"] = same_computation(strategy_configs(spec))
     report["reading"] = reading(report)
@@ -356,8 +392,11 @@ def reading(report: dict) -> str:
                      f"runs are not finished ({shown}), so this is not the protocol's result.")
     beats = [m for m, d in dec.items() if d["decision"] == "beats"]
     worse = [m for m, d in dec.items() if d["decision"] == "worse"]
+    outside = report.get("family", {}).get("outside", {})
+    also = (f" ({_names(sorted(outside))} at {'its' if len(outside) == 1 else 'their'} raw p "
+            f"from {report['family']['source']})" if outside else "")
     head = (f"On the primary endpoint ({primary} BLEU), with Holm's correction over the "
-            f"{_plural(len(dec), 'method')}, ")
+            f"{_plural(len(dec) + len(outside), 'method')}{also}, ")
     if beats:
         parts.append(head + f"{_names(beats)} beat{'s' if len(beats) == 1 else ''} {ref}.")
     else:
@@ -398,8 +437,9 @@ def _num(x, fmt: str) -> str:
 def render_stats(report: dict) -> str:
     """Markdown: the decision table, the interval table per split, the per-seed bootstrap."""
     ref, primary, splits = report["reference"], report["primary"], report["splits"]
+    outside = report.get("family", {}).get("outside", {})
     title = (f"## Decision on {primary} (reference: {ref}, Holm over "
-             f"{_plural(len(report['decisions']), 'method')})\n")
+             f"{_plural(len(report['decisions']) + len(outside), 'method')})\n")
     out = [title, "| method | seeds | mean d | 95% CI | width | p | Holm p | decision |",
            "|---|---|---|---|---|---|---|---|"]
     for m, d in report["decisions"].items():
@@ -408,6 +448,10 @@ def render_stats(report: dict) -> str:
         out.append(f"| {m} | {d['n']}/{d['planned']} | {_num(s['mean'], '+.2f')} | {ci} | "
                    f"{_num(d['width'], '.2f')} | {_num(d['p'], '.3g')} | "
                    f"{_num(d['p_holm'], '.3g')} | {d['decision']} |")
+    if outside:
+        out += ["", f"Also in Holm's family, at the raw p reported in "
+                f"`{report['family']['source']}`: " + ", ".join(
+                    f"{m} (p {_num(p, '.3g')})" for m, p in outside.items()) + "."]
     out += ["", f"## Paired differences to {ref} (BLEU, mean [95% t-interval], paired t-test)\n",
             "| method | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for m, per in report["intervals"].items():
@@ -488,10 +532,12 @@ def render(report: dict, table_md: str) -> str:
     return "\n".join(head) + "\n" + render_stats(report) + "\n## Means over seeds\n\n" + table_md
 
 
-def write_report(spec: dict, runs: Path, base_row: dict | None) -> str:
-    """Analyse the finished runs of ``spec`` in ``runs`` and write ``report.md``,
-    ``report.json`` and ``results.json`` there (atomically); returns the Markdown."""
-    report, results = analyse(spec, runs)
+def write_report(spec: dict, runs: Path, base_row: dict | None,
+                 family: dict | None = None) -> str:
+    """Analyse the finished runs of ``spec`` in ``runs`` (``family``: see ``analyse``) and write
+    ``report.md``, ``report.json`` and ``results.json`` there (atomically); returns the
+    Markdown."""
+    report, results = analyse(spec, runs, family)
     md = render(report, table(spec, base_row, results))
     atomic_write_text(runs / "report.json", json.dumps(report, indent=1))
     atomic_write_text(runs / "report.md", md)
@@ -533,10 +579,15 @@ def main() -> None:
                         help="seeds whose runs keep their checkpoints (the protocol's section "
                              "3 diagnoses seeds 1 to 3); 'none' deletes all (default: 1-3)")
     parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: report on the runs already finished")
+                        help="train nothing: report on the runs already finished (of --methods "
+                             "and the reference, when given)")
+    parser.add_argument("--family", metavar="REPORT_JSON",
+                        help="another report whose methods not reported here join Holm's "
+                             "family at their raw p (a protocol amendment's runs)")
     args = parser.parse_args()
     spec = yaml.safe_load(Path(args.spec).read_text())
     runs = Path(args.runs)
+    family = outside_pvalues(Path(args.family), spec) if args.family else None  # read first
     if not args.report_only:
         if not args.base:
             parser.error("--base is required unless --report-only")
@@ -544,9 +595,11 @@ def main() -> None:
         sweep(spec, args, runs)
     elif not runs.is_dir():
         parser.error(f"{runs}: no such folder")
+    else:
+        spec = reported(spec, args.methods)
     base_file = runs / "base.json"
     base_row = json.loads(base_file.read_text()) if base_file.is_file() else None
-    md = write_report(spec, runs, base_row)
+    md = write_report(spec, runs, base_row, family)
     if args.markdown:
         atomic_write_text(Path(args.markdown), md)
     print(md)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -237,6 +238,43 @@ def test_report_from_fake_runs_names_the_missing_run(tmp_path, monkeypatch):
     assert "| word_oracle | 0.9420: +0.50" in md
     assert not [s for s in _strings(report) if s.startswith("/")], "absolute path in report"
     assert report["runs"] == "runs" and "/tmp" not in md
+
+
+def test_report_of_some_methods_decides_them_in_a_family_reported_elsewhere(tmp_path,
+                                                                           monkeypatch):
+    """Amendments 3 and 5: ``--report-only --methods`` reports the runs of an amendment, and
+    ``--family`` puts the other report's methods into Holm's family at their raw p."""
+    ft = _finetune()
+    runs = _fake_runs(tmp_path, missing="ss_sample-s1")  # ss_sample is "reported elsewhere"
+    _spec(tmp_path)
+    elsewhere = {"reference": "teacher_forcing", "primary": "test2016",
+                 "decisions": {"ss_sample": {"p": 0.004}, "other": {"p": None}}}
+    (tmp_path / "gpu.json").write_text(json.dumps({"statistics": elsewhere}))
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune.py", "spec.yaml", "--runs", "runs", "--report-only",
+            "--methods", "word_oracle", "--family", "gpu.json"]
+    monkeypatch.setattr(sys, "argv", argv)
+    ft.main()
+    report = json.loads((runs / "report.json").read_text())
+    md = (runs / "report.md").read_text()
+    assert report["missing"] == [] and report["methods"] == ["teacher_forcing", "word_oracle"]
+    assert set(report["decisions"]) == {"word_oracle"}
+    p = report["decisions"]["word_oracle"]["p"]
+    adjusted = holm({"word_oracle": p, "ss_sample": 0.004, "other": None})["word_oracle"]
+    assert report["decisions"]["word_oracle"]["p_holm"] == pytest.approx(adjusted)
+    assert adjusted != pytest.approx(p)  # the family changed the correction
+    assert report["family"] == {"source": "gpu.json",
+                                "outside": {"ss_sample": 0.004, "other": None}}
+    assert "over the 3 methods (other and ss_sample at their raw p from gpu.json)" in \
+        report["reading"]
+    assert "Holm over 3 methods" in md and "ss_sample (p 0.004), other (p -)" in md
+    wrong = {**elsewhere, "reference": "ss_soft"}
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    (tmp_path / "none.json").write_text(json.dumps({"runs": {}}))
+    for name, says in (("wrong.json", "ss_soft / test2016"), ("none.json", "no 'decisions'")):
+        monkeypatch.setattr(sys, "argv", argv[:-1] + [name])
+        with pytest.raises(SystemExit, match=f"--family {name}: .*{re.escape(says)}"):
+            ft.main()
 
 
 def test_reading_says_plainly_when_no_method_beats():

@@ -130,6 +130,27 @@ def test_collect_recomputes_from_edited_runs_and_names_a_missing_one(dry, tmp_pa
     assert seed1["baseline"]["consistent"] is False
 
 
+def test_collect_of_an_amendment_decides_in_the_family_fixed_before(dry, tmp_path):
+    """Amendment 5: the sentence oracle's runs collected alone (``METHODS``), with the word
+    oracle's raw p from the earlier JSON (``FAMILY``) in Holm's family of 2."""
+    root, doc = dry
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(doc))
+    proc = script(tmp_path / "out", root / "runs", COLLECT_ONLY="1",
+                  METHODS="teacher_forcing,sentence_oracle", FAMILY=str(earlier))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new = json.loads((tmp_path / "out" / "from_scratch.json").read_text())
+    stats = new["statistics"]
+    assert set(stats["decisions"]) == {"sentence_oracle"} and new["complete"]
+    p_wo = doc["statistics"]["decisions"]["word_oracle"]["p"]
+    assert stats["family"]["outside"] == {"word_oracle": p_wo}
+    p_so = stats["decisions"]["sentence_oracle"]["p"]
+    assert p_so == doc["statistics"]["decisions"]["sentence_oracle"]["p"]
+    expected = min(1.0, 2 * p_so) if p_so <= p_wo else max(min(1.0, 2 * p_wo), p_so)
+    assert stats["decisions"]["sentence_oracle"]["p_holm"] == pytest.approx(expected)
+    assert "over the 2 methods (word_oracle at its raw p from" in stats["reading"]
+
+
 @pytest.mark.parametrize("methods, message", [
     ("teacher_forcing,word_oracel", "unknown method(s) ['word_oracel']"),
     ("word_oracle,sentence_oracle", "the reference teacher_forcing is missing"),

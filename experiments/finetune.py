@@ -273,12 +273,11 @@ def outside_pvalues(path: Path, spec: dict) -> dict:
             "p": {m: d["p"] for m, d in report["decisions"].items()}}
 
 
-def decisions(spec: dict, stats: dict, family: dict | None = None) -> dict:
-    """Holm's correction over the methods on the primary split (with ``family``'s methods not
-    reported here, at their raw p), and the protocol's verdict."""
+def decisions(spec: dict, stats: dict, outside: dict | None = None) -> dict:
+    """Holm's correction over the methods on the primary split (and ``outside``'s, methods
+    reported elsewhere at their raw p), and the protocol's verdict."""
     _, primary = endpoints(spec)
-    outside = {m: p for m, p in (family or {}).get("p", {}).items() if m not in stats}
-    adjusted = holm({**{m: s[primary]["p"] for m, s in stats.items()}, **outside})
+    adjusted = holm({**{m: s[primary]["p"] for m, s in stats.items()}, **(outside or {})})
     return {m: {"n": s[primary]["n"], "planned": len(spec["seeds"]), "p": s[primary]["p"],
                 "p_holm": adjusted[m], "decision": decide(s[primary], adjusted[m], ALPHA),
                 "width": s[primary]["width"]} for m, s in stats.items()}
@@ -332,6 +331,7 @@ def analyse(spec: dict, runs: Path, family: dict | None = None) -> tuple[dict, l
     reference, primary = endpoints(spec)
     results, missing = collect(spec, runs)
     stats = intervals(spec, results)
+    outside = {m: p for m, p in (family or {}).get("p", {}).items() if m not in stats}
     boot = bootstrap(spec, runs, results)
     report = {
         "spec": spec.get("name"), "protocol": "docs/protocols/powered_comparison.md",
@@ -339,11 +339,10 @@ def analyse(spec: dict, runs: Path, family: dict | None = None) -> tuple[dict, l
         "alpha": ALPHA, "seeds": spec["seeds"], "methods": list(spec["methods"]),
         "splits": spec["splits"],
         "planned_runs": len(spec["seeds"]) * len(spec["methods"]), "missing": missing,
-        "intervals": stats, "decisions": decisions(spec, stats, family),
+        "intervals": stats, "decisions": decisions(spec, stats, outside),
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "per_seed": boot,
                       "summary": bootstrap_counts(boot)},
     }
-    outside = {m: p for m, p in (family or {}).get("p", {}).items() if m not in stats}
     if outside:
         report["family"] = {"source": family["source"], "outside": outside}
     report["length"] = length_ratios(spec, runs, results)

@@ -29,7 +29,10 @@
 # FAMILY=JSON (with COLLECT_ONLY): an earlier from_scratch.json whose methods not run here join
 # Holm's family at their raw p (experiments/finetune.py --family).
 # CPU=1: the same setup on the CPU (protocol amendment 5): no time cap, a checkpoint every 100
-# updates (a stopped call resumes each run where it was), one run at a time (LANES 1).
+# updates (a stopped call resumes each run where it was), one run at a time (LANES 1); with
+# LANES=2 (amendment 7) two at a time of 1 thread each (THREADS, train.threads).
+# Lanes take runs from one queue (seed 1's methods first): a lane claims the next run no other
+# lane holds (a lock file per run in RUNS_DIR), so runs of unequal cost keep every lane busy.
 # Output: $OUT/from_scratch.json, from_scratch.md, tails.txt, gpu.txt; runs/NAME/ (hypotheses, log).
 source "$(dirname "$0")/gpu_common.sh"
 PY=${PYTHON:-python3}
@@ -41,6 +44,8 @@ START=$SECONDS
 DRIVER=$R/from_scratch.py
 cat > "$DRIVER" <<'PY'
 """Driver of gpu_from_scratch.sh: check, prepare, train RUN..., collect (see the script)."""
+import contextlib
+import fcntl
 import functools
 import importlib.util
 import json
@@ -89,9 +94,10 @@ DRY = Setup("tiny", 8, {
     "train.log_every": 2, "train.valid_max_sentences": 6, "train.threads": 1,
     "train.device": "cpu", "train.dtype": "fp32", "data.workers": 0,
     "data.corpus": str(R / "corpus"), "data.test_splits": SPLITS[1:]}, device="cpu")
+THREADS = int(os.environ.get("THREADS", "0"))  # amendment 7: 2 lanes of 1 thread on 2 vCPUs
 CPU = Setup("multi30k_de_en", 1300, {  # amendment 5: the GPU's setup, no time cap, resumable
-    **GPU.common, "train.max_minutes": 0, "train.save_every": 100, "train.device": "cpu"},
-    device="cpu")
+    **GPU.common, "train.max_minutes": 0, "train.save_every": 100, "train.device": "cpu",
+    **({"train.threads": THREADS} if THREADS else {})}, device="cpu")
 SETUP = (DRY if os.environ.get("DRY_RUN") == "1" else
          CPU if os.environ.get("CPU") == "1" else GPU)
 
@@ -177,6 +183,19 @@ def train_one(name: str) -> None:
                       "bleu": {s: v["bleu"] for s, v in scores.items()}}), flush=True)
 
 
+@contextlib.contextmanager
+def claim(name: str):
+    """True while this lane holds NAME's lock, False when another lane does: every lane walks
+    the same queue and takes the next free run (the lock goes with the process)."""
+    with open(R / f"{name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 @functools.lru_cache(maxsize=1)
 def finetune():
     """experiments/finetune.py (not a package): its analysis and report."""
@@ -242,7 +261,9 @@ if __name__ == "__main__":
         failed = 0
         for name in sys.argv[3:]:
             try:
-                train_one(name)
+                with claim(name) as mine:
+                    if mine:
+                        train_one(name)
             except Exception:  # one failed run must not stop the others of its lane
                 failed += 1
                 (R / name).mkdir(parents=True, exist_ok=True)
@@ -254,16 +275,16 @@ if __name__ == "__main__":
     else:
         sys.exit(f"unknown command {command}")
 PY
+LANES=${LANES:-$([ "$DRY_RUN" = 1 ] && echo 2 || { [ "${CPU:-0}" = 1 ] && echo 1; } || echo 99)}
+# amendment 7: CPU lanes share the cores (1 thread each when 2 or more lanes)
+[ "${CPU:-0}" = 1 ] && [ "$LANES" -gt 1 ] && export THREADS=${THREADS:-1}
 RUNS=$($PY "$DRIVER" "$R" check) || exit 2  # names the unknown method; nothing trained
 if [ "${COLLECT_ONLY:-0}" != 1 ]; then
   command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/gpu.txt" 2>&1
   $PY "$DRIVER" "$R" prepare > "$R/prepare.out" 2>&1 || { tail -n 20 "$R/prepare.out"; exit 1; }
   read -r -a ALL <<< "$RUNS"
-  LANES=${LANES:-$([ "$DRY_RUN" = 1 ] && echo 2 || { [ "${CPU:-0}" = 1 ] && echo 1; } || echo ${#ALL[@]})}
-  for ((lane = 0; lane < LANES; lane++)); do
-    mine=()
-    for ((i = lane; i < ${#ALL[@]}; i += LANES)); do mine+=("${ALL[i]}"); done
-    [ ${#mine[@]} -gt 0 ] && $PY "$DRIVER" "$R" train "${mine[@]}" > "$R/lane$lane.out" 2>&1 &
+  for ((lane = 0; lane < LANES && lane < ${#ALL[@]}; lane++)); do  # one queue, LANES takers
+    $PY "$DRIVER" "$R" train "${ALL[@]}" > "$R/lane$lane.out" 2>&1 &
   done
   wait
   tail -n 5 "$R"/lane*.out > "$OUT/tails.txt" 2>&1

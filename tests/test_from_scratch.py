@@ -199,3 +199,31 @@ def test_the_cpu_setup_is_the_gpu_setup_made_resumable(tmp_path):
     assert cpu["device"] == "cpu" and gpu["device"] == "auto"
     assert {k: v for k, v in cpu.items() if k not in ("common", "device")} == \
         {k: v for k, v in gpu.items() if k not in ("common", "device")}
+
+
+def test_two_cpu_lanes_run_on_one_thread_each(tmp_path):
+    """Amendment 7: ``CPU=1 LANES=2`` adds ``train.threads 1`` and nothing else."""
+    setups = {}
+    for lanes in ("1", "2"):
+        proc = script(tmp_path / lanes, tmp_path / f"runs_{lanes}", DRY_RUN="0", CPU="1",
+                      COLLECT_ONLY="1", LANES=lanes)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        setups[lanes] = json.loads((tmp_path / lanes / "from_scratch.json").read_text())["setup"]
+    one, two = setups["1"]["common"], setups["2"]["common"]
+    assert "train.threads" not in one and two.pop("train.threads") == 1 and one == two
+
+
+def test_a_run_another_lane_holds_is_not_trained_again(tmp_path):
+    """Lanes share one queue: a run whose lock is held elsewhere is skipped, the rest trained."""
+    import fcntl
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with open(runs / "word_oracle-s2.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "another lane" trains it
+        proc = script(tmp_path / "out", runs, METHODS="teacher_forcing,word_oracle")
+    assert proc.returncode == 1  # the held run is missing from the report
+    doc = json.loads((tmp_path / "out" / "from_scratch.json").read_text())
+    assert doc["missing"] == ["word_oracle-s2"] and not (runs / "word_oracle-s2").exists()
+    assert set(doc["runs"]) == {f"{m}-s{s}" for m in ("teacher_forcing", "word_oracle")
+                                for s in SEEDS} - {"word_oracle-s2"}

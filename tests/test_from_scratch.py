@@ -227,3 +227,33 @@ def test_a_run_another_lane_holds_is_not_trained_again(tmp_path):
     assert doc["missing"] == ["word_oracle-s2"] and not (runs / "word_oracle-s2").exists()
     assert set(doc["runs"]) == {f"{m}-s{s}" for m in ("teacher_forcing", "word_oracle")
                                 for s in SEEDS} - {"word_oracle-s2"}
+
+
+def test_committed_runs_restored_on_a_new_machine_are_not_trained_again(dry, tmp_path):
+    """Amendment 7: finished runs exported by ``experiments/evidence.py`` (small files and the
+    hypotheses' tarball) and copied back into an empty ``RUNS_DIR`` are skipped by a full
+    call, and the statistics are the original ones."""
+    root, doc = dry
+    stage = tmp_path / "stage"
+    for name in RUNS:
+        src, dst = root / "runs" / name, stage / name
+        dst.mkdir(parents=True)
+        for f in ("config.yaml", "log.jsonl", "finetune.json"):
+            shutil.copy2(src / f, dst / f)
+        shutil.copytree(src / "eval", dst / "eval")
+    evidence = tmp_path / "evidence"
+    subprocess.run([sys.executable, "experiments/evidence.py", str(stage), str(evidence),
+                    "--hyps"], cwd=REPO, check=True, capture_output=True)
+    assert not list(evidence.rglob("*.hyp")) and (evidence / "hyps.tar.xz").is_file()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in RUNS:
+        shutil.copytree(evidence / name, runs / name)
+    subprocess.run(["tar", "xJf", str(evidence / "hyps.tar.xz"), "-C", str(runs)], check=True)
+    proc = script(tmp_path / "out", runs)  # not COLLECT_ONLY: it would train what is missing
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in RUNS:  # nothing trained: no checkpoints, no copied corpus
+        assert not (runs / name / "checkpoints").exists() and not (runs / name / "data").exists()
+    new = json.loads((tmp_path / "out" / "from_scratch.json").read_text())
+    assert new["statistics"]["intervals"] == doc["statistics"]["intervals"]
+    assert new["statistics"]["bootstrap"] == doc["statistics"]["bootstrap"]

@@ -6,6 +6,9 @@ Never checkpoints, SentencePiece models or encoded data.
 
     python experiments/evidence.py runs/powered_de_en docs/runs/powered_de_en --hyps
 
+``--finished`` leaves out the runs still under way (no ``finetune.json`` or ``claim.json``), so
+a sweep's finished runs are committed while the others train.
+
 Refuses (before writing) when a copied file names an absolute path of this machine: committed
 evidence regenerates from relative paths only.
 """
@@ -21,21 +24,30 @@ import tarfile
 from pathlib import Path
 
 RUN_FILES = ("config.yaml", "log.jsonl", "finetune.json", "claim.json", "eval/*.json")
+RECORDS = ("finetune.json", "claim.json")  # a run holding one of them is finished
 TOP_FILES = ("*.json", "*.md")
 
 
-def evidence_files(runs: Path) -> list[Path]:
+def run_folders(runs: Path, finished: bool = False) -> list[Path]:
+    """The run folders of ``runs`` (holding a ``config.yaml``), sorted; with ``finished``
+    only those holding one of ``RECORDS``."""
+    return sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file()
+                  and (not finished or any((p / r).is_file() for r in RECORDS)))
+
+
+def evidence_files(runs: Path, finished: bool = False) -> list[Path]:
     """The files to copy, relative to ``runs``: its top-level JSON and Markdown, and per run
-    folder (one holding a ``config.yaml``) the ``RUN_FILES``."""
+    folder (``run_folders``) the ``RUN_FILES``."""
     found = [p for pattern in TOP_FILES for p in runs.glob(pattern) if p.is_file()]
-    for run in sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file()):
+    for run in run_folders(runs, finished):
         found += [p for pattern in RUN_FILES for p in run.glob(pattern) if p.is_file()]
     return sorted(p.relative_to(runs) for p in found)
 
 
-def hypothesis_files(runs: Path) -> list[Path]:
-    """Every ``RUN/eval/*.hyp`` under ``runs``, relative to it, sorted."""
-    return sorted(p.relative_to(runs) for p in runs.glob("*/eval/*.hyp"))
+def hypothesis_files(runs: Path, finished: bool = False) -> list[Path]:
+    """Every ``RUN/eval/*.hyp`` of the ``run_folders``, relative to ``runs``, sorted."""
+    return sorted(p.relative_to(runs) for run in run_folders(runs, finished)
+                  for p in run.glob("eval/*.hyp"))
 
 
 def machine_paths(runs: Path) -> list[str]:
@@ -67,12 +79,13 @@ def pack(runs: Path, files: list[Path], out: Path) -> None:
     out.write_bytes(lzma.compress(buffer.getvalue(), preset=9))
 
 
-def copy_evidence(runs: Path, out: Path, hyps: bool = False) -> list[Path]:
+def copy_evidence(runs: Path, out: Path, hyps: bool = False,
+                  finished: bool = False) -> list[Path]:
     """Copy ``evidence_files`` of ``runs`` into ``out`` (and ``hyps.tar.xz``); the files
     written, relative to ``out``."""
     if not runs.is_dir():
         raise FileNotFoundError(f"{runs}: no such folder of runs")
-    files = evidence_files(runs)
+    files = evidence_files(runs, finished)
     if not files:
         raise ValueError(f"{runs}: no run folders (with config.yaml) and no report")
     check_relative(runs, files)
@@ -81,7 +94,7 @@ def copy_evidence(runs: Path, out: Path, hyps: bool = False) -> list[Path]:
         shutil.copyfile(runs / rel, out / rel)
     written = list(files)
     if hyps:
-        found = hypothesis_files(runs)
+        found = hypothesis_files(runs, finished)
         if found:
             pack(runs, found, out / "hyps.tar.xz")
             written.append(Path("hyps.tar.xz"))
@@ -93,9 +106,11 @@ def main(argv=None) -> int:
     parser.add_argument("runs", type=Path, help="a folder of runs (runs/NAME)")
     parser.add_argument("out", type=Path, help="where the evidence goes (docs/runs/NAME)")
     parser.add_argument("--hyps", action="store_true", help="also pack the hypotheses")
+    parser.add_argument("--finished", action="store_true",
+                        help="only the finished runs (with finetune.json or claim.json)")
     args = parser.parse_args(argv)
     try:
-        written = copy_evidence(args.runs, args.out, args.hyps)
+        written = copy_evidence(args.runs, args.out, args.hyps, args.finished)
     except (OSError, ValueError) as exc:
         print(f"evidence: error: {exc}", file=sys.stderr)
         return 2

@@ -102,3 +102,22 @@ def test_a_folder_without_runs_is_an_error(tmp_path):
         _evidence().copy_evidence(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no such folder"):
         _evidence().copy_evidence(tmp_path / "missing", tmp_path / "out")
+
+
+def test_finished_leaves_out_the_runs_under_way_and_their_hypotheses(tmp_path, monkeypatch):
+    """``--finished``: a run without ``finetune.json`` or ``claim.json`` is still training;
+    none of its files (hypotheses included) is copied, the finished runs' all are."""
+    monkeypatch.chdir(tmp_path)
+    runs = _fake_runs(tmp_path)
+    (runs / "word_oracle-s1" / "finetune.json").unlink()  # under way
+    ev = _evidence()
+    assert ev.main(["runs/sweep", "out", "--hyps", "--finished"]) == 0
+    copied = sorted(p.relative_to("out").as_posix() for p in Path("out").rglob("*")
+                    if p.is_file())
+    assert not [c for c in copied if c.startswith("word_oracle-s1/")]
+    assert "teacher_forcing-s1/finetune.json" in copied and "tying-tied-s1/claim.json" in copied
+    with tarfile.open(fileobj=io.BytesIO(lzma.decompress(Path("out/hyps.tar.xz").read_bytes()))
+                      ) as tar:
+        assert tar.getnames() == ["teacher_forcing-s1/eval/test2016.hyp"]
+    assert ev.main(["runs/sweep", "all", "--hyps"]) == 0  # without it: every run
+    assert Path("all/word_oracle-s1/log.jsonl").is_file()

@@ -234,16 +234,10 @@ def test_committed_runs_restored_on_a_new_machine_are_not_trained_again(dry, tmp
     hypotheses' tarball) and copied back into an empty ``RUNS_DIR`` are skipped by a full
     call, and the statistics are the original ones."""
     root, doc = dry
-    stage = tmp_path / "stage"
-    for name in RUNS:
-        src, dst = root / "runs" / name, stage / name
-        dst.mkdir(parents=True)
-        for f in ("config.yaml", "log.jsonl", "finetune.json"):
-            shutil.copy2(src / f, dst / f)
-        shutil.copytree(src / "eval", dst / "eval")
-    evidence = tmp_path / "evidence"
+    stage, evidence = tmp_path / "stage", tmp_path / "evidence"  # the dry configs name root
+    shutil.copytree(root / "runs", stage)  # (absolute corpus paths, refused by evidence.py)
     subprocess.run([sys.executable, "experiments/evidence.py", str(stage), str(evidence),
-                    "--hyps"], cwd=REPO, check=True, capture_output=True)
+                    "--hyps", "--finished"], cwd=REPO, check=True, capture_output=True)
     assert not list(evidence.rglob("*.hyp")) and (evidence / "hyps.tar.xz").is_file()
     runs = tmp_path / "runs"
     runs.mkdir()
